@@ -1,0 +1,178 @@
+"""The ``cryptostream`` command line: run the pipeline, query the store, show the counts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cryptostream.config import load_settings
+from cryptostream.errors import CryptoStreamError
+
+app = typer.Typer(
+    name="cryptostream",
+    help="Real-time crypto market analytics: feeds -> clean trades -> event-time windows -> DuckDB/Parquet.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (default ./cryptostream.toml).")]
+DbOpt = Annotated[Optional[Path], typer.Option("--db", help="DuckDB file [default: data/cryptostream.duckdb].")]
+
+
+@app.command()
+def run(
+    source: Annotated[Optional[str], typer.Option(help="simulate | replay  [default: simulate]")] = None,
+    replay: Annotated[Optional[list[str]], typer.Option(
+        "--replay", help="[SYMBOL=]FILE to replay: official trade CSV/ZIP or WebSocket JSON lines (.gz ok). Repeatable.")] = None,
+    symbols: Annotated[Optional[str], typer.Option(help="Comma-separated symbols for the simulator, e.g. BTCUSDT,ETHUSDT.")] = None,
+    speed: Annotated[Optional[str], typer.Option(help="'max' (as fast as possible) or N x real time.")] = None,
+    duration: Annotated[Optional[str], typer.Option(help="Simulated event time to produce, e.g. 10m (simulator).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed of the simulator.")] = None,
+    db: DbOpt = None,
+    lake: Annotated[Optional[str], typer.Option(help="Parquet lake folder, or 'off'. [default: data/lake]")] = None,
+    window: Annotated[Optional[list[str]], typer.Option(
+        "--window", help="TABLE=SIZE[/SLIDE] in seconds; replaces the defaults. Repeatable.")] = None,
+    allowed_lateness: Annotated[Optional[str], typer.Option(help="Allowed lateness, e.g. 2s.")] = None,
+    idle_timeout: Annotated[Optional[str], typer.Option(help="Quiet time after which a symbol's watermark advances with the clock (live/paced).")] = None,
+    max_clock_skew: Annotated[Optional[str], typer.Option(help="Max |trade time - receive time| in seconds; 0 disables.")] = None,
+    spike_threshold: Annotated[Optional[float], typer.Option(help="Price-spike flag threshold in percent.")] = None,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar [default: when stderr is a terminal].")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the embedded pipeline (source -> clean -> windows -> DuckDB + Parquet)."""
+    from cryptostream.pipeline import EmbeddedPipeline
+
+    s = load_settings(
+        config, source=source, replay=tuple(replay or ()), symbols=symbols, speed=speed,
+        duration=duration, seed=seed, db=db, lake=lake, windows=tuple(window or ()),
+        allowed_lateness_s=allowed_lateness, idle_timeout_s=idle_timeout,
+        max_clock_skew_s=max_clock_skew, spike_threshold_pct=spike_threshold, progress=progress,
+    )
+    show = s.progress if s.progress is not None else err.is_terminal
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[received]:>12,} msgs  {task.fields[rate]:>10,.0f} trades/s"),
+        TimeElapsedColumn(), console=err, disable=not show, transient=False,
+    )
+    task = bar.add_task(s.source, total=None, received=0, rate=0.0)
+
+    def on_progress(sm, src) -> None:
+        total = getattr(src, "bytes_total", None)
+        done = getattr(src, "bytes_done", None)
+        bar.update(task, total=total or None, completed=done or 0, received=sm.received,
+                   rate=sm.trades_per_s)
+
+    pipe = EmbeddedPipeline(s, on_progress=on_progress)
+    err.print(f"[dim]run {pipe.run_id}: {s.source} -> {s.db}" + (f" + {s.lake}" if s.lake else "") + "[/dim]")
+    with bar:
+        sm = pipe.run()
+    t = Table(title=f"run {sm.run_id}" + (" (interrupted)" if sm.interrupted else ""))
+    for col in ("received", "accepted", "rejected", "duplicates", "ignored", "seconds", "msgs/s"):
+        t.add_column(col, justify="right")
+    t.add_row(*(f"{v:,}" for v in (sm.received, sm.accepted, sm.rejected, sm.duplicates, sm.ignored)),
+              f"{sm.seconds:.2f}", f"{sm.trades_per_s:,.0f}")
+    err.print(t)
+    err.print("windows written: " + ", ".join(f"{k}={v}" for k, v in sorted(sm.windows.items())))
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="Read-only SQL (SELECT, DESCRIBE, SHOW, EXPLAIN).")],
+    db: DbOpt = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+    config: ConfigOpt = None,
+) -> None:
+    """Query the store, also while a pipeline is writing it."""
+    from cryptostream.query import run_query
+
+    s = load_settings(config, db=db)
+    table = run_query(s.db, sql)
+    _print_table(table, format)
+
+
+def _print_table(table, fmt: str) -> None:
+    rows = table.to_pylist()
+    if fmt == "json":
+        sys.stdout.write("\n".join(json.dumps(r, default=str) for r in rows) + ("\n" if rows else ""))
+    elif fmt == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(table.column_names)
+        for r in rows:
+            w.writerow(["" if v is None else v for v in r.values()])
+    elif fmt == "table":
+        t = Table(show_lines=False)
+        for name in table.column_names:
+            t.add_column(name, overflow="fold")
+        for r in rows:
+            t.add_row(*("NULL" if v is None else str(v) for v in r.values()))
+        out.print(t)
+        out.print(f"[dim]{len(rows)} row(s)[/dim]")
+    else:
+        raise CryptoStreamError(f"unknown --format {fmt!r}; use table, csv or json")
+
+
+@app.command()
+def stats(
+    db: DbOpt = None,
+    run_id: Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+    config: ConfigOpt = None,
+) -> None:
+    """Received / accepted / rejected (by reason) / duplicates / ignored / late, per symbol."""
+    from cryptostream.query import run_query
+
+    s = load_settings(config, db=db)
+    latest = run_query(s.db, "SELECT run_id FROM pipeline_stats ORDER BY started_at DESC, updated_at DESC LIMIT 1").to_pylist()
+    if not latest and run_id is None:
+        raise CryptoStreamError(f"{s.db} has no pipeline runs yet; start one with `cryptostream run`")
+    rid = run_id or latest[0]["run_id"]
+    table = run_query(
+        s.db,
+        "SELECT symbol, received, accepted, rejected, duplicates, ignored, late, gaps, gap_trades, "
+        "rejected_by_reason, recv_skew_ms, max_trade_time, watermark, "
+        "received = accepted + rejected + duplicates + ignored AS reconciled "
+        "FROM pipeline_stats WHERE run_id = ? ORDER BY symbol",
+        [rid],
+    )
+    if format != "table":
+        _print_table(table, format)
+        return
+    t = Table(title=f"pipeline stats, run {rid}")
+    cols = ["symbol", "received", "accepted", "rejected", "duplicates", "ignored", "late", "gaps",
+            "rejected by reason", "skew ms", "reconciled"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("symbol", "rejected by reason") else "right")
+    for r in table.to_pylist():
+        reasons = json.loads(r["rejected_by_reason"] or "{}")
+        t.add_row(
+            r["symbol"] or "(unknown)", *(f"{r[k]:,}" for k in ("received", "accepted", "rejected",
+                                                               "duplicates", "ignored", "late", "gaps")),
+            ", ".join(f"{k}={v}" for k, v in reasons.items()) or "-",
+            "-" if r["recv_skew_ms"] is None else f"{r['recv_skew_ms']:.0f}",
+            "yes" if r["reconciled"] else "[red]NO[/red]",
+        )
+    out.print(t)
+
+
+def main() -> None:
+    try:
+        app()
+    except CryptoStreamError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

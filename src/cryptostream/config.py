@@ -1,0 +1,175 @@
+"""One frozen settings object: defaults < TOML file < environment (``CRYPTOSTREAM_*``) < CLI.
+
+Unknown keys are refused in every layer, so a typo never silently falls back to a default.
+
+>>> s = Settings(source="replay", replay=["BTCUSDT=x.csv"], speed="max", duration="10m")
+>>> (s.speed, s.duration_s, s.window_specs()[1].table)
+(None, 600.0, 'agg_5m_1m')
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from cryptostream.errors import ConfigError
+from cryptostream.model import SYMBOL_RE, US_PER_S, WindowSpec
+
+DEFAULT_CONFIG_FILE = "cryptostream.toml"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1.5h"``; None stays None.
+
+    >>> parse_duration("10m"), parse_duration(2.5), parse_duration("250ms")
+    (600.0, 2.5, 0.25)
+    """
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration (examples: 30, 30s, 10m, 1.5h)")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+class Settings(BaseSettings):
+    """Every setting of every command, validated once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CRYPTOSTREAM_", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    # sources
+    source: Literal["simulate", "replay"] = "simulate"
+    symbols: Annotated[tuple[str, ...], NoDecode] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+    replay: Annotated[tuple[str, ...], NoDecode] = ()
+    speed: float | None = Field(None, description="N x real time; None ('max') = unpaced")
+    duration_s: float | None = Field(None, alias="duration")
+    seed: int = 0
+    sim_trades_per_s: float = 30.0
+    # processing
+    windows: Annotated[tuple[str, ...], NoDecode] = ("agg_1m=60", "agg_5m_1m=300/60")
+    allowed_lateness_s: float = 2.0
+    idle_timeout_s: float = 10.0
+    max_clock_skew_s: float = 5.0
+    spike_threshold_pct: float = 2.0
+    max_open_gaps: int = 10_000
+    # storage
+    db: Path = Path("data/cryptostream.duckdb")
+    lake: Path | None = Path("data/lake")
+    flush_interval_s: float = 1.0
+    flush_max_trades: int = 500_000
+    lake_interval_s: float = 60.0
+    serve_queries: bool = True
+    # operation
+    progress: bool | None = None
+    queue_batches: int = 8
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s for s in v.replace(" ", "").split(",") if s]
+        bad = [s for s in v if not SYMBOL_RE.match(s)]
+        if bad:
+            raise ValueError(f"symbols must look like BTCUSDT (upper case), got {bad}")
+        return tuple(v)
+
+    @field_validator("replay", "windows", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return tuple(x for x in v.split(",") if x) if isinstance(v, str) else v
+
+    @field_validator("speed", mode="before")
+    @classmethod
+    def _speed(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("max", "")):
+            return None
+        f = float(v)
+        if f <= 0:
+            raise ValueError("speed must be 'max' or a positive number")
+        return f
+
+    @field_validator("duration_s", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v)
+
+    @field_validator("allowed_lateness_s", "idle_timeout_s", "max_clock_skew_s", "flush_interval_s",
+                     "lake_interval_s", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> Any:
+        d = parse_duration(v)
+        if d is None or d < 0:
+            raise ValueError("must be a duration >= 0")
+        return d
+
+    @field_validator("lake", mode="before")
+    @classmethod
+    def _lake(cls, v: Any) -> Any:
+        return None if v in ("", "none", "off", False) else v
+
+    def window_specs(self) -> tuple[WindowSpec, ...]:
+        try:
+            specs = tuple(WindowSpec.parse(w) for w in self.windows)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if len({s.table for s in specs}) != len(specs):
+            raise ConfigError("window tables must have distinct names")
+        return specs
+
+    @property
+    def allowed_lateness_us(self) -> int:
+        return int(round(self.allowed_lateness_s * US_PER_S))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # highest priority first: CLI (init) > environment > TOML file (model_config toml_file)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: str | Path | None = None, **cli: Any) -> Settings:
+    """Build the settings from the layers; ``cli`` values of None are "not given".
+
+    The TOML file is ``config_file``, else ``$CRYPTOSTREAM_CONFIG``, else a
+    ``cryptostream.toml`` in the working directory when there is one.
+    Raises ``ConfigError`` with every problem listed.
+    """
+    config_file = config_file or os.environ.get("CRYPTOSTREAM_CONFIG")
+    if config_file is None and Path(DEFAULT_CONFIG_FILE).exists():
+        config_file = DEFAULT_CONFIG_FILE
+    cls: type[Settings] = Settings
+    if config_file is not None:
+        if not Path(config_file).exists():
+            raise ConfigError(f"config file {config_file} does not exist")
+        cls = type("FileSettings", (Settings,), {
+            "model_config": SettingsConfigDict(**Settings.model_config, toml_file=str(config_file))
+        })
+    try:
+        given = {k: v for k, v in cli.items() if v is not None and v != ()}
+        return cls(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc

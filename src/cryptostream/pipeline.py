@@ -1,0 +1,201 @@
+"""Wires the embedded pipeline: source thread -> channel -> processor -> sinks (no domain logic).
+
+The source runs in its own thread and feeds a bounded channel (backpressure); the calling
+thread processes batches and writes to the sinks every ``flush_interval_s`` or
+``flush_max_trades`` trades, whichever comes first. A read-only query endpoint lets other
+processes read the DuckDB file while this process owns it.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptostream.config import Settings
+from cryptostream.errors import ConfigError
+from cryptostream.processing.engine import EngineConfig, Output, Processor
+from cryptostream.sinks.base import stats_rows
+from cryptostream.sinks.duckdb_sink import DuckDBSink
+from cryptostream.sinks.lake import ParquetLake
+from cryptostream.sources.base import Source
+from cryptostream.transport.channel import InProcessChannel
+
+US = 1_000_000
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def build_source(s: Settings) -> Source:
+    if s.source == "replay":
+        from cryptostream.sources.replay import ReplayFile, ReplaySource
+
+        if not s.replay:
+            raise ConfigError("--source replay needs at least one --replay [SYMBOL=]PATH")
+        return ReplaySource([ReplayFile.parse(r) for r in s.replay], speed=s.speed)
+    if s.source == "simulate":
+        from cryptostream.sources.simulator import SimulatorSource
+
+        return SimulatorSource(
+            s.symbols, seed=s.seed, duration_s=s.duration_s, speed=s.speed,
+            trades_per_s=s.sim_trades_per_s,
+        )
+    raise ConfigError(f"unknown source {s.source!r}")
+
+
+def engine_config(s: Settings) -> EngineConfig:
+    return EngineConfig(
+        windows=s.window_specs(),
+        allowed_lateness_us=s.allowed_lateness_us,
+        max_clock_skew_us=int(s.max_clock_skew_s * US),
+        spike_threshold=s.spike_threshold_pct / 100.0,
+        max_open_gaps=s.max_open_gaps,
+    )
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    received: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    windows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def trades_per_s(self) -> float:
+        return self.received / self.seconds if self.seconds > 0 else 0.0
+
+
+class EmbeddedPipeline:
+    """One process: source -> in-process channel -> processor -> DuckDB (+ Parquet lake)."""
+
+    def __init__(self, settings: Settings, source: Source | None = None,
+                 on_progress: Callable[[RunSummary, Source], None] | None = None):
+        self.s = settings
+        self.source = source or build_source(settings)
+        self.processor = Processor(engine_config(settings))
+        self.sink = DuckDBSink(settings.db, settings.window_specs())
+        self.lake = ParquetLake(settings.lake, settings.window_specs()) if settings.lake else None
+        self.channel = InProcessChannel(maxsize=settings.queue_batches)
+        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.summary = RunSummary(self.run_id)
+        self.on_progress = on_progress
+        self._stop = threading.Event()
+        self._started_us = now_us()
+
+    # -- control ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the pipeline to stop: the source stops, queued batches are still processed."""
+        self._stop.set()
+        self.source.close()
+
+    def _produce(self) -> None:
+        try:
+            for sb in self.source.batches():
+                if self._stop.is_set():
+                    break
+                self.channel.put(sb)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self.channel.fail(exc)
+            return
+        self.channel.close()
+
+    # -- main loop --------------------------------------------------------------------
+    def run(self, install_signals: bool = True) -> RunSummary:
+        from cryptostream.query import QueryServer
+
+        s = self.s
+        self.sink.open()
+        if self.lake:
+            self.lake.open()
+        server = QueryServer(self.sink, Path(s.db)) if s.serve_queries else None
+        if server:
+            server.start()
+        old = self._install_signals() if install_signals else None
+        t0 = time.monotonic()
+        producer = threading.Thread(target=self._produce, name="source", daemon=True)
+        producer.start()
+        pending = Output()
+        pending_trades = 0
+        last_flush = time.monotonic()
+        live = not self.source.finite or self.source.speed is not None
+        speed = self.source.speed or 1.0
+        try:
+            while True:
+                item = self.channel.get(timeout_s=0.2)
+                now = now_us()
+                if item is None:
+                    break
+                if item is not TimeoutError:
+                    out = self.processor.process(item, now)
+                    pending.extend(out)
+                    pending_trades += len(item.trades)
+                if live:
+                    pending.extend(self.processor.advance_idle(now, int(s.idle_timeout_s * US), speed))
+                due = time.monotonic() - last_flush >= s.flush_interval_s
+                if pending_trades >= s.flush_max_trades or (due and (pending_trades or pending.window_count)):
+                    self._write(pending, now)
+                    pending, pending_trades = Output(), 0
+                    last_flush = time.monotonic()
+                    self._report(t0)
+            interrupted = self._stop.is_set()
+            if not interrupted:
+                pending.extend(self.processor.close(now_us()))
+            self.summary.interrupted = interrupted
+            self._write(pending, now_us())
+            if self.lake:
+                self.lake.export_dirty(self.sink, final=True)
+        finally:
+            self.source.close()
+            if server:
+                server.stop()
+            self.sink.close()
+            if old:
+                self._restore_signals(old)
+        self._report(t0)
+        return self.summary
+
+    def _write(self, out: Output, now: int) -> None:
+        stats = stats_rows(self.run_id, self._started_us, now, self.source.name, self.processor.counters)
+        self.sink.write(out, stats, now)
+        for table, rows in out.windows.items():
+            self.summary.windows[table] = self.summary.windows.get(table, 0) + len(rows)
+        if self.lake:
+            self.lake.mark(out)
+            self.lake.export_dirty(self.sink, final=False, interval_s=self.s.lake_interval_s)
+
+    def _report(self, t0: float) -> None:
+        sm = self.summary
+        cs = self.processor.counters.values()
+        sm.received = sum(c.received for c in cs)
+        sm.accepted = sum(c.accepted for c in cs)
+        sm.rejected = sum(c.rejected_total for c in cs)
+        sm.duplicates = sum(c.duplicates for c in cs)
+        sm.ignored = sum(c.ignored for c in cs)
+        sm.seconds = time.monotonic() - t0
+        if self.on_progress:
+            self.on_progress(sm, self.source)
+
+    def _install_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):  # noqa: ARG001
+            self.stop()
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signals(old) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)

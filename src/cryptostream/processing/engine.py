@@ -1,0 +1,367 @@
+"""The processor: cleans batches of trades and turns them into final event-time windows.
+
+Semantics are those of a record-at-a-time pipeline (so results never depend on how the
+stream was cut into batches), computed a batch at a time:
+
+* per symbol, a record is first validated, then deduplicated by trade id, then checked for
+  lateness against the watermark *as it stood just before that record*
+  (``max trade time so far - allowed lateness``);
+* a trade is ``late`` when the pane (finest window slice) holding it is already final,
+  which is exactly when some window containing it has been written;
+* a window ``[start, end)`` is final, and written once, when the watermark reaches ``end``;
+  at the end of a finite input every open window is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cryptostream.model import (
+    NO_TIME,
+    REASON_CODES,
+    SYMBOL_RE,
+    US_PER_S,
+    RejectReason,
+    Rejected,
+    SourceBatch,
+    TradeBatch,
+    WindowSpec,
+)
+from cryptostream.processing.aggregates import PaneAgg, segment_aggregates
+from cryptostream.processing.cleaning import DedupState, Gap, dedup, spike_flags, validate
+
+_NEG = -(2**62)
+END_OF_TIME_US = 2**62
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """What the processor needs to know (a slice of the settings)."""
+
+    windows: tuple[WindowSpec, ...]
+    allowed_lateness_us: int = 2 * US_PER_S
+    max_clock_skew_us: int = 0
+    spike_threshold: float = 0.02
+    max_open_gaps: int = 10_000
+
+
+@dataclass(slots=True)
+class SymbolCounters:
+    """Per-symbol counts; ``received == accepted + rejected + duplicates + ignored``."""
+
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    gaps: int = 0
+    gap_trades: int = 0
+    max_trade_time_us: int | None = None
+    watermark_us: int | None = None
+    last_recv_skew_ms: float | None = None
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def late(self) -> int:
+        return self.rejected.get(RejectReason.LATE, 0)
+
+
+@dataclass(slots=True)
+class SymbolState:
+    dedup: DedupState = field(default_factory=DedupState)
+    last_price: float | None = None
+    max_t: int = _NEG
+    wm: int = _NEG
+    panes: dict[int, PaneAgg] = field(default_factory=dict)  # pane start (us) -> partial
+    emitted_until: dict[str, int] = field(default_factory=dict)  # table -> watermark
+    last_arrival_us: int | None = None
+
+
+@dataclass(slots=True)
+class AcceptedTrades:
+    """Accepted, enriched trades of one symbol, as columns."""
+
+    symbol: str
+    source: str
+    trade_id: np.ndarray
+    price: np.ndarray
+    qty: np.ndarray
+    trade_time_us: np.ndarray
+    is_buyer_maker: np.ndarray
+    is_price_spike: np.ndarray
+    event_time_us: np.ndarray
+    recv_time_us: np.ndarray
+    processed_at_us: int
+    latency_ms: np.ndarray
+    recv_latency_ms: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.trade_id)
+
+
+@dataclass(slots=True)
+class Output:
+    """Everything one call of the processor produced, ready for the sinks."""
+
+    trades: list[AcceptedTrades] = field(default_factory=list)
+    rejects: list[Rejected] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+    windows: dict[str, list[dict]] = field(default_factory=dict)
+
+    def extend(self, other: Output) -> None:
+        self.trades.extend(other.trades)
+        self.rejects.extend(other.rejects)
+        self.gaps.extend(other.gaps)
+        for table, rows in other.windows.items():
+            self.windows.setdefault(table, []).extend(rows)
+
+    @property
+    def window_count(self) -> int:
+        return sum(len(r) for r in self.windows.values())
+
+
+class Processor:
+    """Stateful cleaner + windower for any number of symbols (state per symbol).
+
+    Lifecycle: ``process`` for each batch, ``advance_idle`` on a timer in live modes,
+    ``close`` at the end of a finite input (writes every open window). Never raises on bad
+    records: they come back as ``Output.rejects`` and are counted in ``counters``.
+    """
+
+    def __init__(self, config: EngineConfig):
+        if not config.windows:
+            raise ValueError("at least one window spec is required")
+        self.config = config
+        sizes = [w.size_us for w in config.windows] + [w.slide_us for w in config.windows]
+        self.pane_us = math.gcd(*sizes)
+        self.max_size_us = max(w.size_us for w in config.windows)
+        self.states: dict[str, SymbolState] = {}
+        self.counters: dict[str, SymbolCounters] = {}
+
+    # -- public API -------------------------------------------------------------------
+    def process(self, sb: SourceBatch, now_us: int) -> Output:
+        out = Output()
+        for sym, k in sb.ignored.items():
+            c = self._counters(sym)
+            c.received += k
+            c.ignored += k
+        for rej in sb.rejects:
+            c = self._counters(rej.symbol)
+            c.received += 1
+            c.rejected[rej.reason] += 1
+            out.rejects.append(rej)
+        batch = sb.trades
+        if len(batch) == 0:
+            return out
+        status = validate(batch, self.config.max_clock_skew_us)
+        bad = np.flatnonzero(status)
+        if bad.size:
+            for i in bad.tolist():
+                rej = self._reject(batch, i, REASON_CODES[status[i]], "")
+                c = self._counters(rej.symbol)
+                c.received += 1
+                c.rejected[rej.reason] += 1
+                out.rejects.append(rej)
+            batch = batch.take(np.flatnonzero(status == 0))
+        if len(batch) == 0:
+            return out
+        for sym, idx in _group_by_symbol(batch.symbol):
+            part = batch if idx is None else batch.take(idx)
+            self._process_symbol(sym, part, now_us, out)
+        return out
+
+    def advance_idle(self, now_us: int, idle_timeout_us: int, speed: float = 1.0) -> Output:
+        """Advance the watermark of symbols quiet for ``idle_timeout_us`` of wall time.
+
+        The watermark moves by the wall time elapsed since the symbol's last trade (times
+        ``speed`` for a paced replay), so a quiet symbol's windows still close.
+        """
+        out = Output()
+        for sym, st in self.states.items():
+            if st.last_arrival_us is None or st.max_t == _NEG:
+                continue
+            elapsed = now_us - st.last_arrival_us
+            if elapsed < idle_timeout_us:
+                continue
+            wm = st.max_t - self.config.allowed_lateness_us + int(elapsed * speed)
+            if wm > st.wm:
+                st.wm = wm
+                self._emit(sym, st, now_us, out)
+        return out
+
+    def close(self, now_us: int) -> Output:
+        """End of a finite input: every open window becomes final and is written."""
+        out = Output()
+        for sym, st in self.states.items():
+            st.wm = END_OF_TIME_US
+            self._emit(sym, st, now_us, out)
+        return out
+
+    def open_windows(self) -> int:
+        return sum(len(st.panes) for st in self.states.values())
+
+    # -- internals --------------------------------------------------------------------
+    def _counters(self, sym: str) -> SymbolCounters:
+        c = self.counters.get(sym)
+        if c is None:
+            c = self.counters[sym] = SymbolCounters()
+        return c
+
+    def _reject(self, batch: TradeBatch, i: int, reason: RejectReason, detail: str) -> Rejected:
+        sym = batch.symbol[i]
+        if not isinstance(sym, str) or not SYMBOL_RE.match(sym):
+            sym = ""  # counted under "(unknown)": never let garbage symbols grow the stats
+        rt = int(batch.recv_time_us[i])
+        return Rejected(
+            source=batch.source,
+            source_offset=int(batch.offset[i]),
+            symbol=sym,
+            reason=reason,
+            detail=detail,
+            raw=batch.raw_payload(i),
+            trade_id=int(batch.trade_id[i]),
+            trade_time_us=int(batch.trade_time_us[i]),
+            recv_time_us=None if rt == NO_TIME else rt,
+        )
+
+    def _process_symbol(self, sym: str, b: TradeBatch, now_us: int, out: Output) -> None:
+        cfg = self.config
+        st = self.states.get(sym)
+        if st is None:
+            st = self.states[sym] = SymbolState()
+            for w in cfg.windows:
+                st.emitted_until[w.table] = _NEG
+        c = self._counters(sym)
+        n = len(b)
+        c.received += n
+        st.last_arrival_us = now_us
+        t = b.trade_time_us
+        d = dedup(st.dedup, sym, b.trade_id, t, now_us, cfg.max_open_gaps)
+        for g in d.new_gaps:
+            c.gaps += 1
+            c.gap_trades += g.count
+        out.gaps.extend(d.new_gaps)
+        out.gaps.extend(d.filled_gaps)
+        dup = d.duplicate
+        c.duplicates += int(dup.sum())
+        cand = ~(dup | d.late_fill)
+        ci = np.flatnonzero(cand)
+        tc = t[ci]
+        late = np.zeros(n, np.bool_)
+        late[d.late_fill] = True
+        if ci.size:
+            cm = np.maximum.accumulate(tc)
+            prev_max = np.empty_like(cm)
+            prev_max[0] = st.max_t
+            prev_max[1:] = np.maximum(cm[:-1], st.max_t)
+            wm_before = np.maximum(prev_max - cfg.allowed_lateness_us, st.wm)
+            pane_end = (tc // self.pane_us + 1) * self.pane_us
+            late[ci[pane_end <= wm_before]] = True
+            st.max_t = max(st.max_t, int(cm[-1]))
+            st.wm = max(st.wm, st.max_t - cfg.allowed_lateness_us)
+        for i in np.flatnonzero(late).tolist():
+            out.rejects.append(
+                self._reject(b, i, RejectReason.LATE, f"watermark {st.wm}")
+            )
+        if late.any():
+            c.rejected[RejectReason.LATE] += int(late.sum())
+        acc = cand & ~late
+        ai = np.flatnonzero(acc)
+        if ai.size:
+            self._accept(sym, st, c, b, ai, now_us, out)
+        c.max_trade_time_us = st.max_t if st.max_t != _NEG else None
+        self._emit(sym, st, now_us, out)
+
+    def _accept(self, sym, st: SymbolState, c: SymbolCounters, b: TradeBatch, ai, now_us, out):
+        cfg = self.config
+        price = b.price[ai]
+        qty = b.qty[ai]
+        t = b.trade_time_us[ai]
+        spike = spike_flags(price, st.last_price, cfg.spike_threshold)
+        st.last_price = float(price[-1])
+        recv = b.recv_time_us[ai]
+        has_recv = recv != NO_TIME
+        latency_ms = (now_us - t) / 1000.0
+        recv_latency_ms = np.where(has_recv, (recv - t) / 1000.0, np.nan)
+        if has_recv.any():
+            c.last_recv_skew_ms = float(np.median(recv_latency_ms[has_recv]))
+        c.accepted += len(ai)
+        trade_id = b.trade_id[ai]
+        mk = b.is_buyer_maker[ai]
+        out.trades.append(
+            AcceptedTrades(
+                sym, b.source, trade_id, price, qty, t, mk, spike,
+                b.event_time_us[ai], recv, now_us, latency_ms, recv_latency_ms,
+            )
+        )
+        pane = (t // self.pane_us) * self.pane_us
+        parts = segment_aggregates(pane, trade_id, price, qty, mk, spike, latency_ms, recv_latency_ms)
+        panes = st.panes
+        for ps, agg in parts.items():
+            cur = panes.get(ps)
+            if cur is None:
+                panes[ps] = agg
+            else:
+                cur.agg(agg)
+
+    def _emit(self, sym: str, st: SymbolState, now_us: int, out: Output) -> None:
+        wm = st.wm
+        c = self._counters(sym)
+        c.watermark_us = wm if wm != _NEG else None
+        if wm == _NEG:
+            return
+        pane_us = self.pane_us
+        for w in self.config.windows:
+            eu = st.emitted_until[w.table]
+            if wm <= eu or not st.panes:
+                st.emitted_until[w.table] = max(eu, wm)
+                continue
+            size, slide = w.size_us, w.slide_us
+            starts: set[int] = set()
+            for ps in st.panes:
+                s = (ps // slide) * slide
+                while s > ps - size:
+                    if eu < s + size <= wm:
+                        starts.add(s)
+                    s -= slide
+            rows = out.windows.setdefault(w.table, [])
+            for s in sorted(starts):
+                agg = PaneAgg.initialize()
+                p = s
+                while p < s + size:
+                    part = st.panes.get(p)
+                    if part is not None:
+                        agg.agg(part)
+                    p += pane_us
+                if agg.n == 0:
+                    continue
+                row = agg.result(window_s=w.size_s)
+                row["symbol"] = sym
+                row["window_start_us"] = s
+                row["window_end_us"] = s + size
+                row["emitted_at_us"] = now_us
+                rows.append(row)
+            st.emitted_until[w.table] = wm
+        for ps in [p for p in st.panes if p + self.max_size_us <= wm]:
+            del st.panes[ps]
+        st.dedup.expire((wm // pane_us) * pane_us)
+
+
+def _group_by_symbol(symbols: np.ndarray):
+    """Yield (symbol, indices or None when the whole batch is that symbol)."""
+    first = symbols[0]
+    if symbols.dtype == object:
+        if (symbols == first).all():
+            yield first, None
+            return
+        for sym in dict.fromkeys(symbols.tolist()):
+            yield sym, np.flatnonzero(symbols == sym)
+    else:
+        yield str(first), None

@@ -1,0 +1,175 @@
+"""The ``Sink`` seam and the conversion of processor output to Arrow tables every sink shares.
+
+Lifecycle: construct -> ``open()`` (creates tables/folders; raises ``SinkError`` with a
+remedy when the store cannot be used) -> ``write(output, stats)`` any number of times ->
+``flush()`` (everything written so far is durable; the pipeline commits source offsets only
+after it) -> ``close()`` (flushes, idempotent).
+
+Writes are idempotent upserts: aggregates keyed by (symbol, window_start), trades by
+(symbol, trade_id), rejects by (source, source_offset), gaps by (symbol, from_id). Writing
+the same output twice leaves the store as after the first write.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+
+from cryptostream.model import AGG_COLUMNS, NO_TIME
+from cryptostream.processing.engine import Output, SymbolCounters
+
+TS = pa.timestamp("us", tz="UTC")
+
+
+@runtime_checkable
+class Sink(Protocol):
+    def open(self) -> None: ...
+
+    def write(self, output: Output, stats: list[dict]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _ts(values: np.ndarray) -> pa.Array:
+    mask = values == NO_TIME
+    return pa.array(values, type=pa.int64(), mask=mask if mask.any() else None).cast(TS)
+
+
+def trades_table(output: Output) -> pa.Table | None:
+    """All accepted trades of ``output`` as one Arrow table (TRADE_COLUMNS order)."""
+    parts = [t for t in output.trades if len(t)]
+    if not parts:
+        return None
+    arrays = []
+    for t in parts:
+        n = len(t)
+        arrays.append(
+            pa.table(
+                {
+                    "symbol": pa.array(np.full(n, t.symbol, dtype=object), pa.string()),
+                    "trade_id": t.trade_id,
+                    "price": t.price,
+                    "qty": t.qty,
+                    "quote_qty": t.price * t.qty,
+                    "trade_time": _ts(t.trade_time_us),
+                    "is_buyer_maker": t.is_buyer_maker,
+                    "is_price_spike": t.is_price_spike,
+                    "event_time": _ts(t.event_time_us),
+                    "recv_time": _ts(t.recv_time_us),
+                    "processed_at": pa.array(np.full(n, t.processed_at_us, np.int64)).cast(TS),
+                    "latency_ms": t.latency_ms,
+                    "recv_latency_ms": pa.array(t.recv_latency_ms, from_pandas=True),
+                    "source": pa.array(np.full(n, t.source, dtype=object), pa.string()),
+                }
+            )
+        )
+    return pa.concat_tables(arrays) if len(arrays) > 1 else arrays[0]
+
+
+_AGG_SCHEMA = pa.schema(
+    [
+        (name, {"VARCHAR": pa.string(), "TIMESTAMPTZ": TS, "BIGINT": pa.int64(),
+                "DOUBLE": pa.float64()}[sql])
+        for name, sql in AGG_COLUMNS
+    ]
+)
+
+
+def windows_table(rows: list[dict]) -> pa.Table:
+    """Window rows from the processor as an Arrow table in AGG_COLUMNS order."""
+    data = {}
+    for name, _ in AGG_COLUMNS:
+        if name in ("window_start", "window_end", "emitted_at"):
+            data[name] = pa.array([r[name + "_us"] for r in rows], pa.int64()).cast(TS)
+        else:
+            data[name] = pa.array([r[name] for r in rows], _AGG_SCHEMA.field(name).type)
+    return pa.table(data, schema=_AGG_SCHEMA)
+
+
+def rejects_table(output: Output, now_us: int) -> pa.Table | None:
+    if not output.rejects:
+        return None
+    r = output.rejects
+    return pa.table(
+        {
+            "source": pa.array([x.source for x in r], pa.string()),
+            "source_offset": pa.array([x.source_offset for x in r], pa.int64()),
+            "symbol": pa.array([x.symbol for x in r], pa.string()),
+            "reason": pa.array([x.reason.value for x in r], pa.string()),
+            "detail": pa.array([x.detail for x in r], pa.string()),
+            "raw": pa.array([x.raw for x in r], pa.string()),
+            "trade_id": pa.array([x.trade_id for x in r], pa.int64()),
+            "trade_time": pa.array([x.trade_time_us for x in r], pa.int64()).cast(TS),
+            "recv_time": pa.array([x.recv_time_us for x in r], pa.int64()).cast(TS),
+            "rejected_at": pa.array([now_us] * len(r), pa.int64()).cast(TS),
+        }
+    )
+
+
+def gaps_table(output: Output) -> pa.Table | None:
+    if not output.gaps:
+        return None
+    latest = {(g.symbol, g.from_id): g for g in output.gaps}
+    g = list(latest.values())
+    return pa.table(
+        {
+            "symbol": pa.array([x.symbol for x in g], pa.string()),
+            "from_id": pa.array([x.from_id for x in g], pa.int64()),
+            "to_id": pa.array([x.to_id for x in g], pa.int64()),
+            "count": pa.array([x.count for x in g], pa.int64()),
+            "filled": pa.array([x.filled for x in g], pa.int64()),
+            "after_trade_time": pa.array([x.after_trade_time_us for x in g], pa.int64()).cast(TS),
+            "detected_at": pa.array([x.detected_at_us for x in g], pa.int64()).cast(TS),
+        }
+    )
+
+
+def stats_rows(run_id: str, started_us: int, now_us: int, source: str,
+               counters: dict[str, SymbolCounters]) -> list[dict]:
+    """One row per symbol of the cumulative counters of this run."""
+    rows = []
+    for sym, c in sorted(counters.items()):
+        rows.append(
+            {
+                "run_id": run_id,
+                "symbol": sym,
+                "source": source,
+                "received": c.received,
+                "accepted": c.accepted,
+                "rejected": c.rejected_total,
+                "duplicates": c.duplicates,
+                "ignored": c.ignored,
+                "late": c.late,
+                "gaps": c.gaps,
+                "gap_trades": c.gap_trades,
+                "rejected_by_reason": json.dumps({str(k): v for k, v in sorted(c.rejected.items())}),
+                "watermark_us": c.watermark_us if c.watermark_us is not None and abs(c.watermark_us) < 2**61 else None,
+                "max_trade_time_us": c.max_trade_time_us,
+                "recv_skew_ms": c.last_recv_skew_ms,
+                "started_at_us": started_us,
+                "updated_at_us": now_us,
+            }
+        )
+    return rows
+
+
+def stats_table(rows: list[dict]) -> pa.Table | None:
+    if not rows:
+        return None
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    out = {}
+    for k, v in cols.items():
+        if k.endswith("_us"):
+            out[k[:-3]] = pa.array(v, pa.int64()).cast(TS)
+        elif k == "recv_skew_ms":
+            out[k] = pa.array(v, pa.float64())
+        elif isinstance(v[0], str):
+            out[k] = pa.array(v, pa.string())
+        else:
+            out[k] = pa.array(v, pa.int64())
+    return pa.table(out)

@@ -1,0 +1,186 @@
+"""DuckDB sink: the store of record (trades, window tables, rejects, gaps, pipeline_stats).
+
+DuckDB allows a single writer process. While the pipeline runs it owns the file and serves
+read-only queries to other processes through ``cryptostream.query`` (see there); when no
+pipeline runs, readers open the file read-only themselves.
+
+Idempotence (see ``sinks.base``): aggregates and the small tables use primary keys and
+``INSERT ... ON CONFLICT DO UPDATE``; an aggregate row is only rewritten when its data
+changed, so replaying the same input twice leaves the tables identical (latency columns
+included). ``trades`` has no index (an ART index on every trade would cost hundreds of MB):
+rows are inserted with an anti-join against the stored rows of the same symbol and id range,
+which DuckDB's min/max zone maps make cheap for time-ordered data.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cryptostream.errors import SinkError
+from cryptostream.model import AGG_COLUMNS, TRADE_COLUMNS, WindowSpec
+from cryptostream.processing.engine import Output
+from cryptostream.sinks.base import (
+    gaps_table,
+    rejects_table,
+    stats_table,
+    trades_table,
+    windows_table,
+)
+
+_AGG_DATA_COLUMNS = (
+    "trade_count", "first_trade_id", "last_trade_id", "volume", "quote_volume", "high", "low",
+    "open", "close", "buy_volume", "spike_count", "price_stddev",
+)
+
+REJECTS_DDL = """
+CREATE TABLE IF NOT EXISTS rejects (
+    source VARCHAR NOT NULL, source_offset BIGINT NOT NULL, symbol VARCHAR, reason VARCHAR NOT NULL,
+    detail VARCHAR, raw VARCHAR, trade_id BIGINT, trade_time TIMESTAMPTZ, recv_time TIMESTAMPTZ,
+    rejected_at TIMESTAMPTZ, PRIMARY KEY (source, source_offset))
+"""
+GAPS_DDL = """
+CREATE TABLE IF NOT EXISTS gaps (
+    symbol VARCHAR NOT NULL, from_id BIGINT NOT NULL, to_id BIGINT NOT NULL, count BIGINT,
+    filled BIGINT, after_trade_time TIMESTAMPTZ, detected_at TIMESTAMPTZ,
+    PRIMARY KEY (symbol, from_id))
+"""
+STATS_DDL = """
+CREATE TABLE IF NOT EXISTS pipeline_stats (
+    run_id VARCHAR NOT NULL, symbol VARCHAR NOT NULL, source VARCHAR, received BIGINT,
+    accepted BIGINT, rejected BIGINT, duplicates BIGINT, ignored BIGINT, late BIGINT,
+    gaps BIGINT, gap_trades BIGINT, rejected_by_reason VARCHAR, watermark TIMESTAMPTZ,
+    max_trade_time TIMESTAMPTZ, recv_skew_ms DOUBLE, started_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ, PRIMARY KEY (run_id, symbol))
+"""
+
+
+def agg_ddl(table: str) -> str:
+    cols = ", ".join(f"{n} {t}" for n, t in AGG_COLUMNS)
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY (symbol, window_start))"
+
+
+def trades_ddl() -> str:
+    return "CREATE TABLE IF NOT EXISTS trades (" + ", ".join(f"{n} {t}" for n, t in TRADE_COLUMNS) + ")"
+
+
+def _upsert_sql(table: str, columns: list[str], key: tuple[str, ...], change: tuple[str, ...] | None) -> str:
+    sets = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    where = ""
+    if change:
+        where = " WHERE " + " OR ".join(f"{table}.{c} IS DISTINCT FROM excluded.{c}" for c in change)
+    return (
+        f"INSERT INTO {table} SELECT * FROM batch ON CONFLICT ({', '.join(key)}) "
+        f"DO UPDATE SET {sets}{where}"
+    )
+
+
+class DuckDBSink:
+    """Writes processor output to one DuckDB file (see module docstring)."""
+
+    def __init__(self, path: str | Path, windows: tuple[WindowSpec, ...], threads: int | None = None):
+        self.path = Path(path)
+        self.windows = windows
+        self.threads = threads
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.lock = threading.Lock()  # one writer at a time on this connection
+        self._agg_sql = {
+            w.table: _upsert_sql(w.table, [c for c, _ in AGG_COLUMNS], ("symbol", "window_start"),
+                                 _AGG_DATA_COLUMNS)
+            for w in windows
+        }
+
+    def open(self) -> None:
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            raise SinkError(
+                f"cannot open {self.path} for writing: {exc}. Another pipeline probably owns it; "
+                "stop it or pass a different --db (readers use `cryptostream query`)."
+            ) from exc
+        if self.threads:
+            self.con.execute(f"SET threads = {int(self.threads)}")
+        self.con.execute(trades_ddl())
+        for w in self.windows:
+            self.con.execute(agg_ddl(w.table))
+        for ddl in (REJECTS_DDL, GAPS_DDL, STATS_DDL):
+            self.con.execute(ddl)
+
+    def write(self, output: Output, stats: list[dict], now_us: int = 0) -> None:
+        con = self.con
+        if con is None:
+            raise SinkError("DuckDBSink.write before open()")
+        trades = trades_table(output)
+        rejects = rejects_table(output, now_us)
+        gaps = gaps_table(output)
+        stat = stats_table(stats)
+        with self.lock:
+            con.execute("BEGIN")
+            try:
+                if trades is not None:
+                    self._insert_trades(trades)
+                for table, rows in output.windows.items():
+                    if rows:
+                        self._run(self._agg_sql[table], windows_table(rows))
+                if rejects is not None:
+                    self._run("INSERT INTO rejects SELECT * FROM batch "
+                              "ON CONFLICT (source, source_offset) DO NOTHING", rejects)
+                if gaps is not None:
+                    self._run("INSERT INTO gaps SELECT * FROM batch ON CONFLICT (symbol, from_id) "
+                              "DO UPDATE SET filled = excluded.filled", gaps)
+                if stat is not None:
+                    self._run(_upsert_sql("pipeline_stats", stat.column_names,
+                                          ("run_id", "symbol"), None), stat)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def _run(self, sql: str, table: pa.Table, params: list | None = None) -> None:
+        """Execute ``sql`` with ``table`` visible as the relation ``batch``."""
+        con = self.con
+        assert con is not None
+        con.register("batch", table)
+        try:
+            con.execute(sql, params)
+        finally:
+            con.unregister("batch")
+
+    def _insert_trades(self, trades: pa.Table) -> None:
+        syms = trades.column("symbol").unique().to_pylist()
+        for sym in syms:
+            part = trades if len(syms) == 1 else trades.filter(pc.equal(trades["symbol"], sym))
+            ids = part.column("trade_id")
+            self._run(
+                "INSERT INTO trades SELECT b.* FROM batch b ANTI JOIN "
+                "(SELECT trade_id FROM trades WHERE symbol = ? AND trade_id BETWEEN ? AND ?) t "
+                "USING (trade_id)",
+                part,
+                [sym, pc.min(ids).as_py(), pc.max(ids).as_py()],
+            )
+
+    def flush(self) -> None:
+        if self.con is not None:
+            with self.lock:
+                self.con.execute("CHECKPOINT")
+
+    def close(self) -> None:
+        if self.con is not None:
+            with self.lock:
+                try:
+                    self.con.execute("CHECKPOINT")
+                finally:
+                    self.con.close()
+                    self.con = None
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A separate connection to the same database, for concurrent readers."""
+        if self.con is None:
+            raise SinkError("DuckDBSink.cursor before open()")
+        return self.con.cursor()

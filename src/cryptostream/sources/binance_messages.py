@@ -1,0 +1,268 @@
+"""Decode Binance WebSocket messages (raw, combined-stream, recorder-prefixed) into trade batches.
+
+Accepted line shapes, detected per line:
+
+* raw payload ``{"e":"trade","E":..,"s":"BTCUSDT","t":..,"p":"..","q":"..","T":..,"m":..,"M":..}``
+* combined stream ``{"stream":"btcusdt@trade","data":{...}}``
+* either one prefixed by a recorder's local receive time: ``<ns> <json>`` (hftbacktest) or
+  ``<epoch seconds>: <json>`` (cryptofeed)
+
+Messages that are valid but not trades (bookTicker, depthUpdate, kline, aggTrade, REST
+snapshots, subscription replies) are counted as ``ignored`` under their symbol. Broken lines
+become rejects with a stable reason code. Nothing here raises on bad input.
+
+Decoding is columnar: a chunk of lines is decoded by msgspec in one call (typed structs,
+``strict=False`` so that Binance's decimal strings become floats in C), with a per-line
+fallback only for chunks that hold a broken line.
+
+>>> b = decode_lines([b'{"e":"trade","E":2,"s":"BTCUSDT","t":7,"p":"1.5","q":"2","T":1,"m":true}',
+...                   b'{"u":1,"s":"BTCUSDT","b":"1","B":"1","a":"2","A":"1"}', b'{oops'],
+...                  source="demo", first_offset=0)
+>>> b.trades.trade_id.tolist(), b.trades.price.tolist(), b.ignored, [r.reason.value for r in b.rejects]
+([7], [1.5], {'BTCUSDT': 1}, ['decode_error'])
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import re
+from contextlib import contextmanager
+
+import msgspec
+import numpy as np
+
+from cryptostream.model import (
+    NO_TIME,
+    REASON_INDEX,
+    US_PER_MS,
+    Rejected,
+    RejectReason,
+    SourceBatch,
+    TradeBatch,
+)
+
+#: Longest line kept as a record; a longer one is rejected as ``oversize`` (raw truncated).
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+RAW_KEEP_BYTES = 4096
+
+_PREFIX_NS = re.compile(rb"^(\d{12,20}) (?=[{\[])")
+_PREFIX_S = re.compile(rb"^(\d{9,11}(?:\.\d+)?): (?=[{\[])")
+
+
+class _Payload(msgspec.Struct, gc=False):
+    e: str | None = None
+    E: int | None = None
+    s: str | None = None
+    t: int | None = None
+    p: float | None = None
+    q: float | None = None
+    T: int | None = None
+    m: bool | None = None
+
+
+class _Message(_Payload, gc=False):
+    stream: str | None = None
+    data: _Payload | None = None
+
+
+_DECODE_ONE = msgspec.json.Decoder(_Message, strict=False)
+_DECODE_MANY = msgspec.json.Decoder(list[_Message], strict=False)
+_DECODE_MANY_NS = msgspec.json.Decoder(list[tuple[int, _Message]], strict=False)
+_DECODE_ANY = msgspec.json.Decoder()
+
+
+@contextmanager
+def _no_gc():
+    """Decoding a chunk allocates ~1e5 objects that cannot form cycles; pausing the cyclic GC
+    meanwhile halves the decode time (measured, see docs/benchmarks.md)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _split_prefix(line: bytes) -> tuple[int | None, bytes]:
+    """(receive time in µs or None, json bytes) of one line."""
+    if line[:1] in (b"{", b"["):
+        return None, line
+    m = _PREFIX_NS.match(line)
+    if m:
+        return int(m.group(1)) // 1000, line[m.end() :]
+    m = _PREFIX_S.match(line)
+    if m:
+        return int(round(float(m.group(1)) * 1e6)), line[m.end() :]
+    return None, line
+
+
+def decode_lines(
+    lines: list[bytes],
+    source: str,
+    first_offset: int,
+    recv_time_us: int | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> SourceBatch:
+    """Decode one chunk of lines (without newlines). Blank lines are skipped, not counted.
+
+    ``recv_time_us`` stamps every record (live sockets); a recorder prefix on a line wins.
+    """
+    lines = [ln for ln in lines if ln.strip()] if any(not ln.strip() for ln in lines) else lines
+    msgs: list[_Message | None] | None = None
+    recv: list[int | None] | None = None
+    if lines and max(map(len, lines)) <= max_line_bytes:
+        msgs, recv = _decode_fast(lines)
+    if msgs is None:
+        return _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes)
+    return _assemble(lines, msgs, recv, source, first_offset, recv_time_us, [])
+
+
+def _decode_fast(lines: list[bytes]):
+    first = lines[0][:1]
+    try:
+        with _no_gc():
+            if first == b"{":
+                return _DECODE_MANY.decode(b"[" + b",".join(lines) + b"]"), None
+            if _PREFIX_NS.match(lines[0]):
+                body = _PREFIX_NS_ALL.sub(rb"[\1,", b"\n".join(lines))
+                pairs = _DECODE_MANY_NS.decode(b"[" + body.replace(b"\n", b"],") + b"]]")
+                return [p[1] for p in pairs], [p[0] // 1000 for p in pairs]
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None, None
+    return None, None
+
+
+_PREFIX_NS_ALL = re.compile(rb"(?m)^(\d{12,20}) ")
+
+
+def _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes) -> SourceBatch:
+    msgs: list[_Message | None] = []
+    recv: list[int | None] = []
+    rejects: list[Rejected] = []
+    for i, line in enumerate(lines):
+        off = first_offset + i
+        if len(line) > max_line_bytes:
+            rejects.append(_reject(source, off, RejectReason.OVERSIZE,
+                                   f"line of {len(line)} bytes > limit {max_line_bytes}", line))
+            msgs.append(None)
+            recv.append(None)
+            continue
+        rt, body = _split_prefix(line)
+        try:
+            msgs.append(_DECODE_ONE.decode(body))
+            recv.append(rt)
+            continue
+        except msgspec.DecodeError as exc:
+            reason, detail = RejectReason.DECODE_ERROR, str(exc)
+        except msgspec.ValidationError as exc:
+            reason, detail = _classify_invalid(body, exc)
+        if reason is None:  # valid JSON, not a trade (e.g. a list, or a REST snapshot)
+            msgs.append(_Message())
+            recv.append(rt)
+            continue
+        rejects.append(_reject(source, off, reason, detail, line, _symbol_of(body)))
+        msgs.append(None)
+        recv.append(None)
+    return _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects)
+
+
+def _classify_invalid(body: bytes, exc: Exception):
+    """A line that is JSON but does not fit the message shape: bad type, or not a trade."""
+    try:
+        obj = _DECODE_ANY.decode(body)
+    except msgspec.DecodeError as e2:  # pragma: no cover - decoded once already
+        return RejectReason.DECODE_ERROR, str(e2)
+    payload = obj.get("data", obj) if isinstance(obj, dict) else None
+    if not isinstance(payload, dict) or payload.get("e") != "trade":
+        return None, ""
+    return RejectReason.BAD_TYPE, str(exc)
+
+
+def _symbol_of(body: bytes) -> str:
+    m = re.search(rb'"s"\s*:\s*"([A-Z0-9]{2,20})"', body[:4096])
+    return m.group(1).decode() if m else ""
+
+
+def _reject(source, off, reason, detail, line: bytes, symbol: str = "") -> Rejected:
+    raw = line[:RAW_KEEP_BYTES].decode("utf-8", "replace")
+    if len(line) > RAW_KEEP_BYTES:
+        detail = f"{detail} (raw truncated to {RAW_KEEP_BYTES} of {len(line)} bytes)".strip()
+    return Rejected(source, off, symbol, reason, detail[:500], raw)
+
+
+def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects) -> SourceBatch:
+    ignored: dict[str, int] = {}
+    keep: list[int] = []
+    payloads: list[_Payload] = []
+    for i, m in enumerate(msgs):
+        if m is None:
+            continue
+        d = m.data if m.data is not None else m
+        if d.e == "trade":
+            keep.append(i)
+            payloads.append(d)
+        else:
+            sym = d.s or (m.stream.split("@", 1)[0].upper() if m.stream else "")
+            ignored[sym] = ignored.get(sym, 0) + 1
+    n = len(payloads)
+    if n == 0:
+        return SourceBatch(TradeBatch.empty(source), rejects, ignored)
+    status = np.zeros(n, np.uint8)
+    missing = REASON_INDEX[RejectReason.MISSING_FIELD]
+    symbol = np.array([d.s for d in payloads], dtype=object)
+    trade_id = _ints([d.t for d in payloads], status, missing)
+    t_ms = _ints([d.T for d in payloads], status, missing)
+    e_ms = [d.E for d in payloads]
+    price = _floats([d.p for d in payloads], status, missing)
+    qty = _floats([d.q for d in payloads], status, missing)
+    mk = [d.m for d in payloads]
+    if None in mk:
+        status[[i for i, v in enumerate(mk) if v is None]] = missing
+        mk = [bool(v) for v in mk]
+    if None in symbol.tolist():
+        status[[i for i, v in enumerate(symbol.tolist()) if v is None]] = missing
+    event = np.array([NO_TIME if v is None else v * US_PER_MS for v in e_ms], np.int64) \
+        if None in e_ms else np.array(e_ms, np.int64) * US_PER_MS
+    if recv is not None:
+        r = [recv[i] for i in keep]
+        recv_arr = np.array([NO_TIME if v is None else v for v in r], np.int64)
+    elif recv_time_us is not None:
+        recv_arr = np.full(n, recv_time_us, np.int64)
+    else:
+        recv_arr = np.full(n, NO_TIME, np.int64)
+    batch = TradeBatch(
+        source=source,
+        symbol=symbol,
+        trade_id=trade_id,
+        price=price,
+        qty=qty,
+        trade_time_us=t_ms * US_PER_MS,
+        event_time_us=event,
+        recv_time_us=recv_arr,
+        is_buyer_maker=np.array(mk, np.bool_),
+        offset=np.array(keep, np.int64) + first_offset,
+        status=status,
+        raw=[lines[i] for i in keep],
+    )
+    return SourceBatch(batch, rejects, ignored)
+
+
+def _ints(values: list, status: np.ndarray, code: int) -> np.ndarray:
+    if None in values:
+        status[[i for i, v in enumerate(values) if v is None]] = code
+        values = [0 if v is None else v for v in values]
+    try:
+        return np.array(values, np.int64)
+    except OverflowError:
+        big = [i for i, v in enumerate(values) if not -(2**63) <= v < 2**63]
+        status[big] = REASON_INDEX[RejectReason.BAD_TYPE]
+        return np.array([0 if not -(2**63) <= v < 2**63 else v for v in values], np.int64)
+
+
+def _floats(values: list, status: np.ndarray, code: int) -> np.ndarray:
+    if None in values:
+        status[[i for i, v in enumerate(values) if v is None]] = code
+        values = [math.nan if v is None else v for v in values]
+    return np.array(values, np.float64)
