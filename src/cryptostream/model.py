@@ -53,7 +53,7 @@ class TradeBatch:
     """
 
     source: str
-    symbol: np.ndarray  # object: str
+    symbol: np.ndarray | str  # object array of str, or one str for the whole batch
     trade_id: np.ndarray  # int64
     price: np.ndarray  # float64
     qty: np.ndarray  # float64
@@ -75,7 +75,7 @@ class TradeBatch:
         raw = [self.raw[i] for i in idx.tolist()] if self.raw is not None else None
         return TradeBatch(
             self.source,
-            self.symbol[idx],
+            self.symbol if isinstance(self.symbol, str) else self.symbol[idx],
             self.trade_id[idx],
             self.price[idx],
             self.qty[idx],
@@ -87,6 +87,9 @@ class TradeBatch:
             self.status[idx],
             raw,
         )
+
+    def symbol_at(self, i: int) -> object:
+        return self.symbol if isinstance(self.symbol, str) else self.symbol[i]
 
     def raw_payload(self, i: int) -> str:
         """The original payload of record ``i`` (re-serialised when the source kept none)."""

@@ -34,10 +34,14 @@ def validate(batch: TradeBatch, max_clock_skew_us: int) -> np.ndarray:
 
     if len(batch):
         symbols = batch.symbol
-        uniq = set(symbols.tolist()) if symbols.dtype == object else set()
-        bad = [s for s in uniq if not (isinstance(s, str) and SYMBOL_RE.match(s))]
-        if bad:
-            mark(np.isin(symbols, np.array(bad, dtype=object)), RejectReason.BAD_SYMBOL)
+        if isinstance(symbols, str):
+            if not SYMBOL_RE.match(symbols):
+                mark(np.ones(len(batch), np.bool_), RejectReason.BAD_SYMBOL)
+        else:
+            uniq = set(symbols.tolist())
+            bad = [s for s in uniq if not (isinstance(s, str) and SYMBOL_RE.match(s))]
+            if bad:
+                mark(np.isin(symbols, np.array(bad, dtype=object)), RejectReason.BAD_SYMBOL)
         price, qty = batch.price, batch.qty
         mark(~(np.isfinite(price) & np.isfinite(qty)), RejectReason.NON_FINITE)
         mark(~(price > 0), RejectReason.NON_POSITIVE_PRICE)

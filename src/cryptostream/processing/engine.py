@@ -215,7 +215,7 @@ class Processor:
         return c
 
     def _reject(self, batch: TradeBatch, i: int, reason: RejectReason, detail: str) -> Rejected:
-        sym = batch.symbol[i]
+        sym = batch.symbol_at(i)
         if not isinstance(sym, str) or not SYMBOL_RE.match(sym):
             sym = ""  # counted under "(unknown)": never let garbage symbols grow the stats
         rt = int(batch.recv_time_us[i])
@@ -354,14 +354,14 @@ class Processor:
         st.dedup.expire((wm // pane_us) * pane_us)
 
 
-def _group_by_symbol(symbols: np.ndarray):
+def _group_by_symbol(symbols: np.ndarray | str):
     """Yield (symbol, indices or None when the whole batch is that symbol)."""
+    if isinstance(symbols, str):
+        yield symbols, None
+        return
     first = symbols[0]
-    if symbols.dtype == object:
-        if (symbols == first).all():
-            yield first, None
-            return
-        for sym in dict.fromkeys(symbols.tolist()):
-            yield sym, np.flatnonzero(symbols == sym)
-    else:
-        yield str(first), None
+    if (symbols == first).all():
+        yield first, None
+        return
+    for sym in dict.fromkeys(symbols.tolist()):
+        yield sym, np.flatnonzero(symbols == sym)

@@ -37,7 +37,12 @@ class Sink(Protocol):
 
 def _ts(values: np.ndarray) -> pa.Array:
     mask = values == NO_TIME
-    return pa.array(values, type=pa.int64(), mask=mask if mask.any() else None).cast(TS)
+    return pa.array(values, type=TS, mask=mask if mask.any() else None)
+
+
+def _const(value: str, n: int) -> pa.Array:
+    """A column holding one string n times, dictionary-encoded (no per-row objects)."""
+    return pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([value], pa.string()))
 
 
 def trades_table(output: Output) -> pa.Table | None:
@@ -51,7 +56,7 @@ def trades_table(output: Output) -> pa.Table | None:
         arrays.append(
             pa.table(
                 {
-                    "symbol": pa.array(np.full(n, t.symbol, dtype=object), pa.string()),
+                    "symbol": _const(t.symbol, n),
                     "trade_id": t.trade_id,
                     "price": t.price,
                     "qty": t.qty,
@@ -61,10 +66,10 @@ def trades_table(output: Output) -> pa.Table | None:
                     "is_price_spike": t.is_price_spike,
                     "event_time": _ts(t.event_time_us),
                     "recv_time": _ts(t.recv_time_us),
-                    "processed_at": pa.array(np.full(n, t.processed_at_us, np.int64)).cast(TS),
+                    "processed_at": pa.array(np.full(n, t.processed_at_us, np.int64), TS),
                     "latency_ms": t.latency_ms,
                     "recv_latency_ms": pa.array(t.recv_latency_ms, from_pandas=True),
-                    "source": pa.array(np.full(n, t.source, dtype=object), pa.string()),
+                    "source": _const(t.source, n),
                 }
             )
         )

@@ -28,6 +28,7 @@ import gc
 import math
 import re
 from contextlib import contextmanager
+from operator import attrgetter
 
 import msgspec
 import numpy as np
@@ -109,7 +110,8 @@ def decode_lines(
 
     ``recv_time_us`` stamps every record (live sockets); a recorder prefix on a line wins.
     """
-    lines = [ln for ln in lines if ln.strip()] if any(not ln.strip() for ln in lines) else lines
+    if b"" in lines:
+        lines = [ln for ln in lines if ln]
     msgs: list[_Message | None] | None = None
     recv: list[int | None] | None = None
     if lines and max(map(len, lines)) <= max_line_bytes:
@@ -143,6 +145,11 @@ def _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes) -> S
     rejects: list[Rejected] = []
     for i, line in enumerate(lines):
         off = first_offset + i
+        if not line.strip() or line.startswith((b"wss://", b"ws://")):
+            # blank, or a recorder's connection header (cryptofeed): not a message
+            msgs.append(None)
+            recv.append(None)
+            continue
         if len(line) > max_line_bytes:
             rejects.append(_reject(source, off, RejectReason.OVERSIZE,
                                    f"line of {len(line)} bytes > limit {max_line_bytes}", line))
@@ -192,46 +199,62 @@ def _reject(source, off, reason, detail, line: bytes, symbol: str = "") -> Rejec
     return Rejected(source, off, symbol, reason, detail[:500], raw)
 
 
+_GET = {name: attrgetter(name) for name in ("data", "e", "s", "t", "p", "q", "T", "m", "E", "stream")}
+
+
 def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects) -> SourceBatch:
     ignored: dict[str, int] = {}
-    keep: list[int] = []
-    payloads: list[_Payload] = []
-    for i, m in enumerate(msgs):
-        if m is None:
-            continue
-        d = m.data if m.data is not None else m
-        if d.e == "trade":
-            keep.append(i)
-            payloads.append(d)
-        else:
-            sym = d.s or (m.stream.split("@", 1)[0].upper() if m.stream else "")
-            ignored[sym] = ignored.get(sym, 0) + 1
+    # Normalise to payloads: combined-stream messages carry theirs in ``data``.
+    datas = list(map(_GET["data"], msgs)) if None not in msgs else None
+    if datas is not None and None not in datas:
+        payloads = datas
+    else:
+        payloads = [None if m is None else (m.data if m.data is not None else m) for m in msgs]
+    kinds = [None if d is None else d.e for d in payloads] if None in payloads \
+        else list(map(_GET["e"], payloads))
+    if kinds.count("trade") == len(kinds):
+        keep = None
+    else:
+        keep = [i for i, k in enumerate(kinds) if k == "trade"]
+        for i, k in enumerate(kinds):
+            if k != "trade" and msgs[i] is not None:
+                m, d = msgs[i], payloads[i]
+                sym = d.s or (m.stream.split("@", 1)[0].upper() if m.stream else "")
+                ignored[sym] = ignored.get(sym, 0) + 1
+        payloads = [payloads[i] for i in keep]
     n = len(payloads)
     if n == 0:
         return SourceBatch(TradeBatch.empty(source), rejects, ignored)
     status = np.zeros(n, np.uint8)
     missing = REASON_INDEX[RejectReason.MISSING_FIELD]
-    symbol = np.array([d.s for d in payloads], dtype=object)
-    trade_id = _ints([d.t for d in payloads], status, missing)
-    t_ms = _ints([d.T for d in payloads], status, missing)
-    e_ms = [d.E for d in payloads]
-    price = _floats([d.p for d in payloads], status, missing)
-    qty = _floats([d.q for d in payloads], status, missing)
-    mk = [d.m for d in payloads]
+    col = {k: list(map(_GET[k], payloads)) for k in ("s", "t", "p", "q", "T", "m", "E")}
+    symbols = col["s"]
+    if None in symbols:
+        status[[i for i, v in enumerate(symbols) if v is None]] = missing
+    first = symbols[0]
+    symbol = first if symbols.count(first) == n else np.array(symbols, dtype=object)
+    trade_id = _ints(col["t"], status, missing)
+    t_ms = _ints(col["T"], status, missing)
+    price = _floats(col["p"], status, missing)
+    qty = _floats(col["q"], status, missing)
+    mk = col["m"]
     if None in mk:
         status[[i for i, v in enumerate(mk) if v is None]] = missing
         mk = [bool(v) for v in mk]
-    if None in symbol.tolist():
-        status[[i for i, v in enumerate(symbol.tolist()) if v is None]] = missing
-    event = np.array([NO_TIME if v is None else v * US_PER_MS for v in e_ms], np.int64) \
-        if None in e_ms else np.array(e_ms, np.int64) * US_PER_MS
+    e_ms = col["E"]
+    if None in e_ms:
+        event = np.array([NO_TIME if v is None else v * US_PER_MS for v in e_ms], np.int64)
+    else:
+        event = np.array(e_ms, np.int64) * US_PER_MS
     if recv is not None:
-        r = [recv[i] for i in keep]
-        recv_arr = np.array([NO_TIME if v is None else v for v in r], np.int64)
+        r = recv if keep is None else [recv[i] for i in keep]
+        recv_arr = np.array([NO_TIME if v is None else v for v in r], np.int64) if None in r \
+            else np.array(r, np.int64)
     elif recv_time_us is not None:
         recv_arr = np.full(n, recv_time_us, np.int64)
     else:
         recv_arr = np.full(n, NO_TIME, np.int64)
+    idx = np.arange(len(msgs), dtype=np.int64) if keep is None else np.array(keep, np.int64)
     batch = TradeBatch(
         source=source,
         symbol=symbol,
@@ -242,9 +265,9 @@ def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects) ->
         event_time_us=event,
         recv_time_us=recv_arr,
         is_buyer_maker=np.array(mk, np.bool_),
-        offset=np.array(keep, np.int64) + first_offset,
+        offset=idx + first_offset,
         status=status,
-        raw=[lines[i] for i in keep],
+        raw=lines if keep is None else [lines[i] for i in keep],
     )
     return SourceBatch(batch, rejects, ignored)
 

@@ -151,7 +151,8 @@ class ReplaySource:
                         rest = data
                         continue
                     lines, rest = data[:cut].split(b"\n"), data[cut + 1 :]
-                lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+                if b"\r" in data:
+                    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
                 if lines:
                     sb = decode_lines(lines, source, offset)
                     offset += len(lines)
@@ -221,6 +222,8 @@ class ReplaySource:
 def _only_symbol(sb: SourceBatch, symbol: str) -> SourceBatch:
     """Keep ``symbol``'s trades; count other symbols' trades as ignored."""
     syms = sb.trades.symbol
+    if isinstance(syms, str):
+        syms = np.full(len(sb.trades), syms, dtype=object)
     if len(syms) == 0 or (syms == symbol).all():
         return sb
     keep = syms == symbol

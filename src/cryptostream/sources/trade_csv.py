@@ -112,7 +112,7 @@ def read_trade_csv(
                 yield SourceBatch(
                     TradeBatch(
                         source=source,
-                        symbol=np.full(n, symbol, dtype=object),
+                        symbol=symbol,
                         trade_id=rb.column("id").to_numpy(),
                         price=rb.column("price").to_numpy(),
                         qty=rb.column("qty").to_numpy(),
@@ -183,7 +183,7 @@ def _rows_batch(pending, rejects, symbol, source) -> SourceBatch:
     cols = list(zip(*pending)) if pending else [[]] * 7
     batch = TradeBatch(
         source=source,
-        symbol=np.full(n, symbol, dtype=object),
+        symbol=symbol,
         trade_id=np.array(cols[1], np.int64),
         price=np.array(cols[2], np.float64),
         qty=np.array(cols[3], np.float64),
