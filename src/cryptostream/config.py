@@ -3,7 +3,7 @@
 Unknown keys are refused in every layer, so a typo never silently falls back to a default.
 
 >>> s = Settings(source="replay", replay=["BTCUSDT=x.csv"], speed="max", duration="10m")
->>> (s.speed, s.duration_s, s.window_specs()[1].table)
+>>> (s.pace, s.duration_s, s.window_specs()[1].table)
 (None, 600.0, 'agg_5m_1m')
 """
 
@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     source: Literal["simulate", "replay"] = "simulate"
     symbols: Annotated[tuple[str, ...], NoDecode] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
     replay: Annotated[tuple[str, ...], NoDecode] = ()
-    speed: float | None = Field(None, description="N x real time; None ('max') = unpaced")
+    speed: float | Literal["max"] | None = Field(
+        None, description="N x real time, 'max' = unpaced; unset = the source's default")
     duration_s: float | None = Field(None, alias="duration")
     seed: int = 0
     sim_trades_per_s: float = 30.0
@@ -96,8 +97,10 @@ class Settings(BaseSettings):
     @field_validator("speed", mode="before")
     @classmethod
     def _speed(cls, v: Any) -> Any:
-        if v is None or (isinstance(v, str) and v.strip().lower() in ("max", "")):
+        if v is None or (isinstance(v, str) and v.strip() == ""):
             return None
+        if isinstance(v, str) and v.strip().lower() == "max":
+            return "max"
         f = float(v)
         if f <= 0:
             raise ValueError("speed must be 'max' or a positive number")
@@ -130,6 +133,19 @@ class Settings(BaseSettings):
         if len({s.table for s in specs}) != len(specs):
             raise ConfigError("window tables must have distinct names")
         return specs
+
+    @property
+    def pace(self) -> float | None:
+        """Event time per wall time, None = as fast as possible.
+
+        Replays default to 'max'; the simulator defaults to real time unless it has a
+        ``duration`` (an endless simulation at full speed would only fill the disk).
+        """
+        if self.speed == "max":
+            return None
+        if self.speed is None:
+            return 1.0 if self.source == "simulate" and self.duration_s is None else None
+        return float(self.speed)
 
     @property
     def allowed_lateness_us(self) -> int:

@@ -38,13 +38,15 @@ def build_source(s: Settings) -> Source:
 
         if not s.replay:
             raise ConfigError("--source replay needs at least one --replay [SYMBOL=]PATH")
-        return ReplaySource([ReplayFile.parse(r) for r in s.replay], speed=s.speed)
+        return ReplaySource([ReplayFile.parse(r) for r in s.replay], speed=s.pace)
     if s.source == "simulate":
         from cryptostream.sources.simulator import SimulatorSource
 
+        # An open-ended simulation plays "now"; one with a duration is reproducible (fixed epoch).
+        start = (now_us() // 1000) * 1000 if s.duration_s is None else None
         return SimulatorSource(
-            s.symbols, seed=s.seed, duration_s=s.duration_s, speed=s.speed,
-            trades_per_s=s.sim_trades_per_s,
+            s.symbols, seed=s.seed, duration_s=s.duration_s, speed=s.pace,
+            trades_per_s=s.sim_trades_per_s, start_time_us=start,
         )
     raise ConfigError(f"unknown source {s.source!r}")
 
