@@ -36,7 +36,7 @@ _TYPES = {
     "id": pa.int64(), "price": pa.float64(), "qty": pa.float64(), "quoteQty": pa.float64(),
     "time": pa.int64(), "isBuyerMaker": pa.bool_(), "isBestMatch": pa.bool_(),
 }
-_OFFICIAL_NAME = re.compile(r"^([A-Z0-9]{2,20})-trades-\d{4}-\d{2}(-\d{2})?\.(csv|zip|csv\.gz)$")
+_OFFICIAL_NAME = re.compile(r"^([A-Z0-9]{2,20})-trades-\d{4}-\d{2}")
 #: A time above this is in microseconds (1e14 ms would be the year 5138).
 _US_THRESHOLD = 10**14
 _TRUE = {"true", "1"}
