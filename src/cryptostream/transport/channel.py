@@ -15,36 +15,56 @@ _CLOSED = object()
 
 
 class InProcessChannel:
-    """A ``Transport`` over ``queue.Queue``: ``put`` blocks when ``maxsize`` batches wait."""
+    """A ``Transport`` over ``queue.Queue``: ``put`` blocks when ``maxsize`` batches wait.
+
+    ``close`` and ``fail`` never block: they raise a flag (and drop a wake-up marker in when
+    there is room), and ``get`` ends once the queue is drained.
+    """
 
     def __init__(self, maxsize: int = 8):
         self._q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._closed = False
+        self._error: BaseException | None = None
         self._done = False
 
     def put(self, batch: SourceBatch) -> None:
         self._q.put(batch)
 
     def get(self, timeout_s: float | None = None):
-        """Next batch; ``None`` once closed and drained; ``TimeoutError`` (the class) on timeout."""
-        if self._done:
-            return None
-        try:
-            item = self._q.get(timeout=timeout_s)
-        except queue.Empty:
-            return TimeoutError
-        if item is _CLOSED:
-            self._done = True
-            return None
-        if isinstance(item, BaseException):
-            self._done = True
-            raise item
-        return item
+        """Next batch; ``None`` once closed and drained; ``TimeoutError`` (the class) on timeout.
+
+        Re-raises the producer's exception (after the batches sent before it).
+        """
+        while not self._done:
+            if self._closed and self._q.empty():
+                return self._finish()
+            try:
+                item = self._q.get(timeout=timeout_s)
+            except queue.Empty:
+                if self._closed and self._q.empty():
+                    return self._finish()
+                return TimeoutError
+            if item is not _CLOSED:
+                return item
+        return None
+
+    def _finish(self):
+        self._done = True
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        return None
 
     def close(self) -> None:
-        self._q.put(_CLOSED)
+        self._closed = True
+        try:
+            self._q.put_nowait(_CLOSED)
+        except queue.Full:
+            pass
 
     def fail(self, exc: BaseException) -> None:
-        self._q.put(exc)
+        self._error = exc
+        self.close()
 
     def depth(self) -> int:
         return self._q.qsize()
