@@ -160,6 +160,9 @@ class EmbeddedPipeline:
         finally:
             self.source.close()
             if server:
+                # readers keep using the endpoint while the store checkpoints; once it is
+                # withdrawn they retry the read-only open until the file lock is released
+                self.sink.flush()
                 server.stop()
             self.sink.close()
             if old:

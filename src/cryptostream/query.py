@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -84,7 +85,8 @@ class QueryServer:
         self.db = Path(db)
         self.token = secrets.token_hex(16)
         self._server = ThreadingHTTPServer((host, port), self._handler())
-        self._server.daemon_threads = True
+        self._server.daemon_threads = False  # stop() waits for requests in flight
+        self._server.block_on_close = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="query-server",
                                         daemon=True)
 
@@ -162,36 +164,69 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def run_query(db: str | Path, sql: str, params: list | None = None, timeout_s: float = 60.0) -> pa.Table:
+def run_query(
+    db: str | Path,
+    sql: str,
+    params: list | None = None,
+    timeout_s: float = 60.0,
+    lock_wait_s: float = 15.0,
+) -> pa.Table:
     """Run read-only ``sql`` (with ``?`` parameters) against ``db``: via the live writer
-    if one runs, else directly on the file."""
+    if one runs, else directly on the file.
+
+    A writer that is starting or closing holds the file lock for a moment without serving
+    queries; such a refusal (and a dropped connection) is retried for ``lock_wait_s``.
+    """
     db = Path(db)
-    ep = endpoint_file(db)
-    if ep.exists():
+    check_read_only(sql)
+    deadline = time.monotonic() + lock_wait_s
+    while True:
         try:
-            info = json.loads(ep.read_text())
-        except (OSError, ValueError):
-            info = None
-        if info and _pid_alive(int(info.get("pid", 0))):
-            url = f"http://{info['host']}:{info['port']}/query"
-            try:
-                resp = httpx.post(url, json={"sql": sql, "params": params}, timeout=timeout_s,
-                                  headers={"Authorization": f"Bearer {info['token']}"})
-            except httpx.HTTPError as exc:
-                raise QueryError(f"the pipeline writing {db} did not answer ({exc}); retry") from exc
-            if resp.status_code != 200:
-                raise QueryError(resp.text)
-            return pa.ipc.open_stream(resp.content).read_all()
+            return _query_once(db, sql, params, timeout_s)
+        except _Busy as busy:
+            if time.monotonic() >= deadline:
+                raise QueryError(str(busy)) from busy.__cause__
+            time.sleep(0.1)
+
+
+class _Busy(Exception):
+    """The writer is between states (starting, closing): worth retrying shortly."""
+
+
+def _query_once(db: Path, sql: str, params: list | None, timeout_s: float) -> pa.Table:
+    info = _live_endpoint(db)
+    if info is not None:
+        url = f"http://{info['host']}:{info['port']}/query"
+        try:
+            resp = httpx.post(url, json={"sql": sql, "params": params}, timeout=timeout_s,
+                              headers={"Authorization": f"Bearer {info['token']}"})
+        except httpx.TransportError as exc:
+            raise _Busy(f"the pipeline writing {db} did not answer ({exc}); retry") from exc
+        if resp.status_code != 200:
+            raise QueryError(resp.text)
+        return pa.ipc.open_stream(resp.content).read_all()
     if not db.exists():
         raise QueryError(f"{db} does not exist yet; run `cryptostream run` first or pass --db")
     try:
         con = duckdb.connect(str(db), read_only=True)
     except duckdb.IOException as exc:
-        raise QueryError(
-            f"{db} is locked by a writer that serves no queries ({exc.args[0].splitlines()[0]}); "
-            "start the pipeline with query serving on, or wait until it ends"
+        raise _Busy(
+            f"{db} is locked by another process that does not serve queries "
+            f"({exc.args[0].splitlines()[0]}). If it is a pipeline started with "
+            "serve_queries = false, wait until it ends; otherwise stop that process."
         ) from exc
     try:
         return _execute(con, sql, params)
     finally:
         con.close()
+
+
+def _live_endpoint(db: Path) -> dict | None:
+    ep = endpoint_file(db)
+    try:
+        info = json.loads(ep.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not _pid_alive(int(info.get("pid", 0))):
+        return None
+    return info

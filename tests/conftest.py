@@ -1,0 +1,177 @@
+"""Shared helpers for the end-to-end and integration tests.
+
+Everything here drives the installed ``cryptostream`` command exactly as a user (or the
+external checks) would: a subprocess per command, in a throw-away working directory, with
+no ``CRYPTOSTREAM_*`` variables or ``cryptostream.toml`` leaking in from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pytest
+
+REAL = Path(__file__).resolve().parent / "fixtures" / "real"
+
+BTC_CSV = REAL / "BTCUSDT-trades-2024-08-08.csv"
+ETH_CSV = REAL / "ETHUSDT-trades-2024-08-08.csv"
+BTC_2025_US_CSV = REAL / "BTCUSDT-trades-2025-01-01-first210.csv"
+BTC_JSONL = REAL / "btcusdt-trade-stream.jsonl"
+ETH_JSONL = REAL / "ethusdt-trade-stream.jsonl"
+BTC_RAW_GZ = REAL / "btcusdt-ws-raw-20240808.hftbacktest.gz"
+ETH_RAW_GZ = REAL / "ethusdt-ws-raw-20240808.hftbacktest.gz"
+CRYPTOFEED = REAL / "cryptofeed-capture-2021-10-12.txt"
+
+
+def cli_command() -> list[str]:
+    """The console script next to the running interpreter, else ``python -m cryptostream.cli``."""
+    bindir = Path(sys.executable).parent
+    for name in ("cryptostream", "cryptostream.exe"):
+        exe = bindir / name
+        if exe.is_file() and os.access(exe, os.X_OK):
+            return [str(exe)]
+    found = shutil.which("cryptostream", path=str(bindir))
+    if found:
+        return [found]
+    return [sys.executable, "-m", "cryptostream.cli"]
+
+
+def clean_env() -> dict[str, str]:
+    """The current environment without settings that would change what the CLI does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOSTREAM_")}
+    env["NO_COLOR"] = "1"
+    env["COLUMNS"] = "200"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_cli(*args: str | os.PathLike, cwd: str | os.PathLike | None = None, timeout: float = 120,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``cryptostream ARGS`` to completion; with ``check`` a non-zero exit fails the test
+    showing the command's stderr."""
+    cmd = [*cli_command(), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, check=False,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"`cryptostream {' '.join(map(str, args))}` exited {proc.returncode}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}",
+            pytrace=False,
+        )
+    return proc
+
+
+def start_cli(*args: str | os.PathLike, cwd: str | os.PathLike | None = None,
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """Start ``cryptostream ARGS`` in the background (the caller waits for / ends it)."""
+    cmd = [*cli_command(), *map(str, args)]
+    return subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stdout=stdout, stderr=stderr,
+                            text=True)
+
+
+def replay_args(db: Path, lake: Path | str, *files: str | os.PathLike,
+                speed: str = "max") -> list[str]:
+    """Arguments of the contract command ``run --source replay ...``."""
+    args = ["run", "--source", "replay", "--speed", speed, "--db", str(db), "--lake", str(lake)]
+    for f in files:
+        args += ["--replay", str(f)]
+    return args
+
+
+def replay(db: Path, lake: Path | str, *files: str | os.PathLike, cwd: Path | None = None,
+           speed: str = "max") -> subprocess.CompletedProcess:
+    """Run the contract replay command to completion (it must exit 0)."""
+    return run_cli(*replay_args(db, lake, *files, speed=speed), cwd=cwd or Path(db).parent)
+
+
+def query_json(db: Path, sql: str, cwd: Path | None = None) -> list[dict]:
+    """``cryptostream query SQL --db DB --format json`` parsed to a list of rows."""
+    proc = run_cli("query", sql, "--db", db, "--format", "json", cwd=cwd or Path(db).parent)
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def stats_json(db: Path, cwd: Path | None = None) -> list[dict]:
+    """``cryptostream stats --db DB --format json`` parsed to a list of rows."""
+    proc = run_cli("stats", "--db", db, "--format", "json", cwd=cwd or Path(db).parent)
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def connect_ro(db: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a store no pipeline is writing any more (UTC session)."""
+    con = duckdb.connect(str(db), read_only=True)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def memory_con() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+@dataclass
+class Workspace:
+    """A throw-away working directory with the store and lake paths of one scenario."""
+
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "store.duckdb"
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "lake"
+
+    def replay(self, *files: str | os.PathLike, speed: str = "max") -> subprocess.CompletedProcess:
+        return replay(self.db, self.lake, *files, cwd=self.root, speed=speed)
+
+
+class RealFiles:
+    """Paths of the real Binance recordings (see tests/fixtures/real/PROVENANCE.md)."""
+
+    dir = REAL
+    btc_csv = BTC_CSV
+    eth_csv = ETH_CSV
+    btc_2025_us_csv = BTC_2025_US_CSV
+    btc_jsonl = BTC_JSONL
+    eth_jsonl = ETH_JSONL
+    btc_raw_gz = BTC_RAW_GZ
+    eth_raw_gz = ETH_RAW_GZ
+    cryptofeed = CRYPTOFEED
+
+
+class Helpers:
+    """What the tests share, handed out by the ``cs`` fixture (tests run with
+    ``--import-mode=importlib``, so they cannot import this module)."""
+
+    real = RealFiles
+    Workspace = Workspace
+    cli_command = staticmethod(cli_command)
+    clean_env = staticmethod(clean_env)
+    run_cli = staticmethod(run_cli)
+    start_cli = staticmethod(start_cli)
+    replay_args = staticmethod(replay_args)
+    replay = staticmethod(replay)
+    query_json = staticmethod(query_json)
+    stats_json = staticmethod(stats_json)
+    connect_ro = staticmethod(connect_ro)
+    memory_con = staticmethod(memory_con)
+
+
+@pytest.fixture(scope="session")
+def cs() -> type[Helpers]:
+    return Helpers
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    """A fresh working directory holding ``store.duckdb`` and ``lake/``."""
+    return Workspace(tmp_path)
