@@ -54,7 +54,7 @@ def run(
 
     s = load_settings(
         config, source=source, replay=tuple(replay or ()), symbols=symbols, speed=speed,
-        duration=duration, seed=seed, db=db, lake=lake, windows=tuple(window or ()),
+        duration_s=duration, seed=seed, db=db, lake=lake, windows=tuple(window or ()),
         allowed_lateness_s=allowed_lateness, idle_timeout_s=idle_timeout,
         max_clock_skew_s=max_clock_skew, spike_threshold_pct=spike_threshold, progress=progress,
     )

@@ -2,7 +2,7 @@
 
 Unknown keys are refused in every layer, so a typo never silently falls back to a default.
 
->>> s = Settings(source="replay", replay=["BTCUSDT=x.csv"], speed="max", duration="10m")
+>>> s = Settings(source="replay", replay=["BTCUSDT=x.csv"], speed="max", duration_s="10m")
 >>> (s.pace, s.duration_s, s.window_specs()[1].table)
 (None, 600.0, 'agg_5m_1m')
 """
@@ -27,6 +27,7 @@ from cryptostream.errors import ConfigError
 from cryptostream.model import SYMBOL_RE, US_PER_S, WindowSpec
 
 DEFAULT_CONFIG_FILE = "cryptostream.toml"
+ENV_PREFIX = "CRYPTOSTREAM_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -49,7 +50,7 @@ class Settings(BaseSettings):
     """Every setting of every command, validated once."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CRYPTOSTREAM_", extra="forbid", frozen=True, populate_by_name=True
+        env_prefix="CRYPTOSTREAM_", extra="forbid", frozen=True
     )
 
     # sources
@@ -58,7 +59,7 @@ class Settings(BaseSettings):
     replay: Annotated[tuple[str, ...], NoDecode] = ()
     speed: float | Literal["max"] | None = Field(
         None, description="N x real time, 'max' = unpaced; unset = the source's default")
-    duration_s: float | None = Field(None, alias="duration")
+    duration_s: float | None = None
     seed: int = 0
     sim_trades_per_s: float = 30.0
     # processing
@@ -109,7 +110,10 @@ class Settings(BaseSettings):
     @field_validator("duration_s", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
-        return parse_duration(v)
+        d = parse_duration(v)
+        if d is not None and d <= 0:
+            raise ValueError("must be a positive duration")
+        return d
 
     @field_validator("allowed_lateness_s", "idle_timeout_s", "max_clock_skew_s", "flush_interval_s",
                      "lake_interval_s", mode="before")
@@ -179,8 +183,19 @@ def load_settings(config_file: str | Path | None = None, **cli: Any) -> Settings
         if not Path(config_file).exists():
             raise ConfigError(f"config file {config_file} does not exist")
         cls = type("FileSettings", (Settings,), {
-            "model_config": SettingsConfigDict(**Settings.model_config, toml_file=str(config_file))
+            "model_config": SettingsConfigDict(**{**Settings.model_config,
+                                                  "toml_file": str(config_file)})
         })
+    unknown = sorted(
+        k for k in os.environ
+        if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in Settings.model_fields
+        and k != ENV_PREFIX + "CONFIG"
+    )
+    if unknown:
+        raise ConfigError(
+            f"unknown environment setting(s) {', '.join(unknown)}; known: "
+            + ", ".join(ENV_PREFIX + f.upper() for f in Settings.model_fields)
+        )
     try:
         given = {k: v for k, v in cli.items() if v is not None and v != ()}
         return cls(**given)

@@ -8,7 +8,6 @@ numpy passes per batch.
 from __future__ import annotations
 
 import bisect
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +65,9 @@ class Gap:
     detected_at_us: int
     after_trade_time_us: int
     filled: int = 0
+    #: False for the ids below the first trade seen (a stream that starts out of order):
+    #: tracked so they can still be accepted, but not reported as a gap.
+    published: bool = True
 
     @property
     def count(self) -> int:
@@ -81,20 +83,51 @@ class Hole:
     origin: Gap
 
 
+NEG_TIME = -(2**62)
+MIN_ID = -(2**62)
+#: Retired id ranges remembered per symbol (to tell a very late record from a duplicate).
+MAX_EXPIRED = 1024
+
+
+@dataclass(slots=True)
+class Watermark:
+    """Event-time progress of one symbol: the max trade time seen and the watermark.
+
+    ``closed_before(lateness, pane)`` is the start of the first pane that is not final yet:
+    a trade earlier than it would fall into a window already written (``late``).
+    """
+
+    max_t: int = NEG_TIME
+    wm: int = NEG_TIME
+
+    def current(self, lateness_us: int) -> int:
+        return max(self.wm, self.max_t - lateness_us)
+
+    @staticmethod
+    def closed_before(wm: int, pane_us: int) -> int:
+        return (wm // pane_us) * pane_us
+
+
 @dataclass(slots=True)
 class DedupState:
-    """Bounded dedup state of one symbol: the id high-water mark plus the open holes.
+    """Bounded dedup state of one symbol: id high-water mark, floor, and open holes.
 
-    Binance trade ids are strictly consecutive per symbol, so "seen" is ``id <= hwm`` minus
-    the ids of open holes. A hole stays open (its ids can still arrive and be accepted) until
-    the pane of the trade after its gap is final; then it moves to a short ``expired``
-    history, so that a very late fill is rejected as ``late`` rather than counted as a
-    duplicate. At most ``max_open_gaps`` holes stay open per symbol.
+    Binance trade ids are strictly consecutive per symbol, so "seen" is
+    ``floor <= id <= hwm`` minus the ids of open holes. Ids below the first id seen are new
+    while that first trade's pane is open (a stream may start out of order). A hole stays
+    open (its ids can still arrive and be accepted) until the pane of the trade after its gap
+    is final; then it moves to a short ``expired`` history, so that a very late fill is
+    judged on its time (late, or accepted) rather than counted as a duplicate; a retired id
+    is seen once it arrives. At most ``max_open_gaps`` holes
+    stay open per symbol.
     """
 
     hwm: int | None = None
+    floor: int | None = None
+    floor_time_us: int = NEG_TIME
+    floor_open: bool = True
     holes: list[Hole] = field(default_factory=list)  # sorted by from_id, disjoint
-    expired: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=1024))
+    expired: list[tuple[int, int]] = field(default_factory=list)  # at most MAX_EXPIRED
 
     def find_hole(self, trade_id: int) -> int:
         """Index of the open hole holding ``trade_id``, or -1."""
@@ -103,112 +136,167 @@ class DedupState:
             return i
         return -1
 
-    def in_expired(self, trade_id: int) -> bool:
-        return any(lo <= trade_id <= hi for lo, hi in self.expired)
+    def take_expired(self, trade_id: int) -> bool:
+        """True if ``trade_id`` is a never-seen id of an expired range; it is seen from now on."""
+        for k, (lo, hi) in enumerate(self.expired):
+            if lo <= trade_id <= hi:
+                pieces = [r for r in ((lo, trade_id - 1), (trade_id + 1, hi)) if r[0] <= r[1]]
+                self.expired[k : k + 1] = pieces
+                return True
+        return False
+
+    def _retire(self, lo: int, hi: int) -> None:
+        self.expired.append((lo, hi))
+        if len(self.expired) > MAX_EXPIRED:
+            del self.expired[0]
 
     def open_gap(self, gap: Gap, max_open_gaps: int) -> None:
-        self.holes.append(Hole(gap.from_id, gap.to_id, gap))
+        bisect.insort(self.holes, Hole(gap.from_id, gap.to_id, gap), key=lambda h: h.from_id)
         while len(self.holes) > max_open_gaps:
             h = self.holes.pop(0)
-            self.expired.append((h.from_id, h.to_id))
+            self._retire(h.from_id, h.to_id)
 
     def expire(self, closed_before_us: int) -> None:
-        """Close holes whose ids could only fall into final windows."""
+        """Retire the holes (and the region below the floor) that only final panes can hold."""
+        if self.floor_open and self.floor is not None and self.floor_time_us < closed_before_us:
+            self.floor_open = False
+            self._retire(MIN_ID, self.floor - 1)
         if self.holes:
             keep = []
             for h in self.holes:
                 if h.origin.after_trade_time_us < closed_before_us:
-                    self.expired.append((h.from_id, h.to_id))
+                    self._retire(h.from_id, h.to_id)
                 else:
                     keep.append(h)
             self.holes = keep
 
 
 @dataclass(slots=True)
-class DedupResult:
+class Classified:
     duplicate: np.ndarray  # bool per record
-    late_fill: np.ndarray  # bool: id of an expired hole (to be rejected as late)
+    late: np.ndarray  # bool per record: its pane was final when it arrived
     new_gaps: list[Gap]
-    filled_gaps: list[Gap]  # gaps whose fill count changed
+    filled_gaps: list[Gap]  # earlier gaps whose fill count changed
 
 
-def dedup(
+def classify(
     state: DedupState,
+    mark: Watermark,
     symbol: str,
     trade_id: np.ndarray,
     trade_time_us: np.ndarray,
     now_us: int,
+    lateness_us: int,
+    pane_us: int,
     max_open_gaps: int,
-) -> DedupResult:
-    """Classify ids as new or duplicate and record gaps; updates ``state``.
+) -> Classified:
+    """Duplicate and late flags for valid records of one symbol, in arrival order.
 
-    >>> st = DedupState()
-    >>> r = dedup(st, "BTCUSDT", np.array([1, 2, 5, 2, 4]), np.arange(5), 0, 100)
+    Per-record semantics, whatever the batch boundaries: record i is judged against the
+    state left by records 0..i-1. Updates ``state`` and ``mark``.
+
+    >>> st, wm = DedupState(), Watermark()
+    >>> r = classify(st, wm, "BTCUSDT", np.array([1, 2, 5, 2, 4]), np.arange(5) * 1000, 0,
+    ...              2_000_000, 60_000_000, 100)
     >>> r.duplicate.tolist(), [(g.from_id, g.to_id, g.filled) for g in r.new_gaps]
     ([False, False, False, True, False], [(3, 4, 1)])
     """
     n = len(trade_id)
-    no = np.zeros(n, np.bool_)
     if n == 0:
-        return DedupResult(no, no, [], [])
+        no = np.zeros(0, np.bool_)
+        return Classified(no, no, [], [])
     hwm = state.hwm
     if not state.holes and (hwm is None or trade_id[0] > hwm):
         d = np.diff(trade_id)
-        if np.all(d > 0):  # fast path: strictly increasing, all new
-            gaps = []
-            if hwm is not None and trade_id[0] > hwm + 1:
-                gaps.append(Gap(symbol, hwm + 1, int(trade_id[0]) - 1, now_us, int(trade_time_us[0])))
-            for k in np.flatnonzero(d > 1).tolist():
-                gaps.append(
-                    Gap(symbol, int(trade_id[k]) + 1, int(trade_id[k + 1]) - 1, now_us,
-                        int(trade_time_us[k + 1]))
-                )
-            state.hwm = int(trade_id[-1])
-            for g in gaps:
-                state.open_gap(g, max_open_gaps)
-            return DedupResult(no, no, gaps, [])
-    return _dedup_slow(state, symbol, trade_id, trade_time_us, now_us, max_open_gaps)
+        if np.all(d > 0):
+            return _classify_fast(state, mark, symbol, trade_id, trade_time_us, d, now_us,
+                                  lateness_us, pane_us, max_open_gaps)
+    return _classify_slow(state, mark, symbol, trade_id, trade_time_us, now_us, lateness_us,
+                          pane_us, max_open_gaps)
 
 
-def _dedup_slow(
-    state: DedupState,
-    symbol: str,
-    trade_id: np.ndarray,
-    trade_time_us: np.ndarray,
-    now_us: int,
-    max_open_gaps: int,
-) -> DedupResult:
+def _classify_fast(state, mark, symbol, trade_id, t, d, now_us, lateness_us, pane_us,
+                   max_open_gaps) -> Classified:
+    """Strictly increasing new ids: no duplicates; lateness from a running max."""
+    n = len(trade_id)
+    hwm = state.hwm
+    gaps = []
+    if hwm is None:
+        state.floor, state.floor_time_us = int(trade_id[0]), int(t[0])
+    elif trade_id[0] > hwm + 1:
+        gaps.append(Gap(symbol, hwm + 1, int(trade_id[0]) - 1, now_us, int(t[0])))
+    for k in np.flatnonzero(d > 1).tolist():
+        gaps.append(Gap(symbol, int(trade_id[k]) + 1, int(trade_id[k + 1]) - 1, now_us,
+                        int(t[k + 1])))
+    state.hwm = int(trade_id[-1])
+    for g in gaps:
+        state.open_gap(g, max_open_gaps)
+    cm = np.maximum.accumulate(t)
+    prev_max = np.empty_like(cm)
+    prev_max[0] = mark.max_t
+    prev_max[1:] = np.maximum(cm[:-1], mark.max_t)
+    wm_before = np.maximum(prev_max - lateness_us, mark.wm)
+    late = (t // pane_us + 1) * pane_us <= wm_before
+    mark.max_t = max(mark.max_t, int(cm[-1]))
+    mark.wm = mark.current(lateness_us)
+    return Classified(np.zeros(n, np.bool_), late, gaps, [])
+
+
+def _classify_slow(state, mark, symbol, trade_id, t, now_us, lateness_us, pane_us,
+                   max_open_gaps) -> Classified:
+    """Record by record. An id is new when above the high-water mark, in an open hole, below
+    the floor while the stream's start is still open, or in a retired range (seen from then
+    on); otherwise it is a duplicate. A new record is late when its pane is final."""
     n = len(trade_id)
     dup = np.zeros(n, np.bool_)
     late = np.zeros(n, np.bool_)
     new_gaps: list[Gap] = []
     touched: dict[int, Gap] = {}
+    times = t.tolist()
+    last_closed = None
     for i, tid in enumerate(trade_id.tolist()):
+        ti = times[i]
+        closed = Watermark.closed_before(mark.current(lateness_us), pane_us)
+        if closed != last_closed:
+            state.expire(closed)
+            last_closed = closed
+        is_late = ti < closed
         hwm = state.hwm
-        if hwm is None or tid > hwm:
-            if hwm is not None and tid > hwm + 1:
-                g = Gap(symbol, hwm + 1, tid - 1, now_us, int(trade_time_us[i]))
+        if hwm is None:
+            state.hwm = state.floor = tid
+            state.floor_time_us = ti
+        elif tid > hwm:
+            if tid > hwm + 1:
+                g = Gap(symbol, hwm + 1, tid - 1, now_us, ti)
                 state.open_gap(g, max_open_gaps)
                 new_gaps.append(g)
             state.hwm = tid
-            continue
-        j = state.find_hole(tid)
-        if j >= 0:
-            h = state.holes[j]
-            h.origin.filled += 1
-            touched[id(h.origin)] = h.origin
-            pieces = []
-            if h.from_id < tid:
-                pieces.append(Hole(h.from_id, tid - 1, h.origin))
-            if tid < h.to_id:
-                pieces.append(Hole(tid + 1, h.to_id, h.origin))
-            state.holes[j : j + 1] = pieces
-            continue
-        if state.in_expired(tid):
+        elif tid < state.floor and state.floor_open:
+            if tid < state.floor - 1:  # ids between this and the old floor may still come
+                state.open_gap(Gap(symbol, tid + 1, state.floor - 1, now_us, state.floor_time_us,
+                                   published=False), max_open_gaps)
+            state.floor, state.floor_time_us = tid, ti
+        else:
+            j = state.find_hole(tid)
+            if j >= 0:
+                h = state.holes[j]
+                pieces = [Hole(lo, hi, h.origin)
+                          for lo, hi in ((h.from_id, tid - 1), (tid + 1, h.to_id)) if lo <= hi]
+                state.holes[j : j + 1] = pieces
+                if not is_late and h.origin.published:
+                    h.origin.filled += 1
+                    touched[id(h.origin)] = h.origin
+            elif not state.take_expired(tid):
+                dup[i] = True
+                continue
+        if is_late:
             late[i] = True
-            continue
-        dup[i] = True
-    return DedupResult(dup, late, new_gaps, [g for g in touched.values() if g not in new_gaps])
+        elif ti > mark.max_t:
+            mark.max_t = ti
+    mark.wm = mark.current(lateness_us)
+    new_gaps = [g for g in new_gaps if g.published]
+    filled = [g for g in touched.values() if all(g is not x for x in new_gaps)]
+    return Classified(dup, late, new_gaps, filled)
 
 
 def spike_flags(price: np.ndarray, last_price: float | None, threshold: float) -> np.ndarray:
@@ -222,4 +310,5 @@ def spike_flags(price: np.ndarray, last_price: float | None, threshold: float) -
     prev = np.empty_like(price)
     prev[1:] = price[:-1]
     prev[0] = last_price if last_price is not None else price[0]
-    return np.abs(price / prev - 1.0) > threshold
+    # |p/prev - 1| > threshold, written without the division's rounding at the boundary
+    return np.abs(price - prev) > threshold * prev

@@ -32,7 +32,14 @@ from cryptostream.model import (
     WindowSpec,
 )
 from cryptostream.processing.aggregates import PaneAgg, segment_aggregates
-from cryptostream.processing.cleaning import DedupState, Gap, dedup, spike_flags, validate
+from cryptostream.processing.cleaning import (
+    DedupState,
+    Gap,
+    Watermark,
+    classify,
+    spike_flags,
+    validate,
+)
 
 _NEG = -(2**62)
 END_OF_TIME_US = 2**62
@@ -77,8 +84,7 @@ class SymbolCounters:
 class SymbolState:
     dedup: DedupState = field(default_factory=DedupState)
     last_price: float | None = None
-    max_t: int = _NEG
-    wm: int = _NEG
+    mark: Watermark = field(default_factory=Watermark)
     panes: dict[int, PaneAgg] = field(default_factory=dict)  # pane start (us) -> partial
     emitted_until: dict[str, int] = field(default_factory=dict)  # table -> watermark
     last_arrival_us: int | None = None
@@ -185,14 +191,14 @@ class Processor:
         """
         out = Output()
         for sym, st in self.states.items():
-            if st.last_arrival_us is None or st.max_t == _NEG:
+            if st.last_arrival_us is None or st.mark.max_t == _NEG:
                 continue
             elapsed = now_us - st.last_arrival_us
             if elapsed < idle_timeout_us:
                 continue
-            wm = st.max_t - self.config.allowed_lateness_us + int(elapsed * speed)
-            if wm > st.wm:
-                st.wm = wm
+            wm = st.mark.max_t - self.config.allowed_lateness_us + int(elapsed * speed)
+            if wm > st.mark.wm:
+                st.mark.wm = wm
                 self._emit(sym, st, now_us, out)
         return out
 
@@ -200,7 +206,7 @@ class Processor:
         """End of a finite input: every open window becomes final and is written."""
         out = Output()
         for sym, st in self.states.items():
-            st.wm = END_OF_TIME_US
+            st.mark.wm = END_OF_TIME_US
             self._emit(sym, st, now_us, out)
         return out
 
@@ -242,41 +248,25 @@ class Processor:
         n = len(b)
         c.received += n
         st.last_arrival_us = now_us
-        t = b.trade_time_us
-        d = dedup(st.dedup, sym, b.trade_id, t, now_us, cfg.max_open_gaps)
+        d = classify(st.dedup, st.mark, sym, b.trade_id, b.trade_time_us, now_us,
+                     cfg.allowed_lateness_us, self.pane_us, cfg.max_open_gaps)
         for g in d.new_gaps:
             c.gaps += 1
             c.gap_trades += g.count
         out.gaps.extend(d.new_gaps)
         out.gaps.extend(d.filled_gaps)
-        dup = d.duplicate
-        c.duplicates += int(dup.sum())
-        cand = ~(dup | d.late_fill)
-        ci = np.flatnonzero(cand)
-        tc = t[ci]
-        late = np.zeros(n, np.bool_)
-        late[d.late_fill] = True
-        if ci.size:
-            cm = np.maximum.accumulate(tc)
-            prev_max = np.empty_like(cm)
-            prev_max[0] = st.max_t
-            prev_max[1:] = np.maximum(cm[:-1], st.max_t)
-            wm_before = np.maximum(prev_max - cfg.allowed_lateness_us, st.wm)
-            pane_end = (tc // self.pane_us + 1) * self.pane_us
-            late[ci[pane_end <= wm_before]] = True
-            st.max_t = max(st.max_t, int(cm[-1]))
-            st.wm = max(st.wm, st.max_t - cfg.allowed_lateness_us)
+        c.duplicates += int(d.duplicate.sum())
+        late = d.late
         for i in np.flatnonzero(late).tolist():
             out.rejects.append(
-                self._reject(b, i, RejectReason.LATE, f"watermark {st.wm}")
+                self._reject(b, i, RejectReason.LATE, f"window already final (watermark {st.mark.wm} µs)")
             )
         if late.any():
             c.rejected[RejectReason.LATE] += int(late.sum())
-        acc = cand & ~late
-        ai = np.flatnonzero(acc)
+        ai = np.flatnonzero(~(d.duplicate | late))
         if ai.size:
             self._accept(sym, st, c, b, ai, now_us, out)
-        c.max_trade_time_us = st.max_t if st.max_t != _NEG else None
+        c.max_trade_time_us = st.mark.max_t if st.mark.max_t != _NEG else None
         self._emit(sym, st, now_us, out)
 
     def _accept(self, sym, st: SymbolState, c: SymbolCounters, b: TradeBatch, ai, now_us, out):
@@ -312,7 +302,7 @@ class Processor:
                 cur.agg(agg)
 
     def _emit(self, sym: str, st: SymbolState, now_us: int, out: Output) -> None:
-        wm = st.wm
+        wm = st.mark.wm
         c = self._counters(sym)
         c.watermark_us = wm if wm != _NEG else None
         if wm == _NEG:
@@ -351,7 +341,7 @@ class Processor:
             st.emitted_until[w.table] = wm
         for ps in [p for p in st.panes if p + self.max_size_us <= wm]:
             del st.panes[ps]
-        st.dedup.expire((wm // pane_us) * pane_us)
+        st.dedup.expire(Watermark.closed_before(wm, pane_us))
 
 
 def _group_by_symbol(symbols: np.ndarray | str):

@@ -106,12 +106,11 @@ def decode_lines(
     recv_time_us: int | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> SourceBatch:
-    """Decode one chunk of lines (without newlines). Blank lines are skipped, not counted.
+    """Decode one chunk of lines (without newlines). Blank lines are skipped, not counted,
+    but keep their place: record offsets are ``first_offset`` + line index.
 
     ``recv_time_us`` stamps every record (live sockets); a recorder prefix on a line wins.
     """
-    if b"" in lines:
-        lines = [ln for ln in lines if ln]
     msgs: list[_Message | None] | None = None
     recv: list[int | None] | None = None
     if lines and max(map(len, lines)) <= max_line_bytes:
@@ -161,10 +160,10 @@ def _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes) -> S
             msgs.append(_DECODE_ONE.decode(body))
             recv.append(rt)
             continue
+        except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
+            reason, detail = _classify_invalid(body, exc)
         except msgspec.DecodeError as exc:
             reason, detail = RejectReason.DECODE_ERROR, str(exc)
-        except msgspec.ValidationError as exc:
-            reason, detail = _classify_invalid(body, exc)
         if reason is None:  # valid JSON, not a trade (e.g. a list, or a REST snapshot)
             msgs.append(_Message())
             recv.append(rt)
@@ -232,7 +231,8 @@ def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects) ->
     if None in symbols:
         status[[i for i, v in enumerate(symbols) if v is None]] = missing
     first = symbols[0]
-    symbol = first if symbols.count(first) == n else np.array(symbols, dtype=object)
+    uniform = first is not None and symbols.count(first) == n
+    symbol = first if uniform else np.array(symbols, dtype=object)
     trade_id = _ints(col["t"], status, missing)
     t_ms = _ints(col["T"], status, missing)
     price = _floats(col["p"], status, missing)

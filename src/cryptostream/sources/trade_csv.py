@@ -138,10 +138,12 @@ def _read_rows_slow(path, symbol, source, header, skip, unit_us, chunk=65_536):
             next(rows, None)
         pending: list[tuple] = []
         rejects: list[Rejected] = []
-        for off, row in enumerate(rows):
-            if off < skip:
-                continue
+        off = -1
+        for row in rows:
             if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank lines are not records (Arrow's reader skips them too)
+            off += 1
+            if off < skip:
                 continue
             parsed = _parse_row(row)
             if isinstance(parsed, tuple) and len(parsed) == 2:
