@@ -43,6 +43,30 @@ REASON_CODES: tuple[RejectReason | None, ...] = (None, *RejectReason)
 REASON_INDEX: dict[RejectReason, int] = {r: i for i, r in enumerate(REASON_CODES) if r}
 
 
+class RawLines:
+    r"""The original lines of a chunk, sliced on demand (no per-record bytes objects).
+
+    >>> r = RawLines(b"ab\ncd", np.array([0, 3]), np.array([2, 5]))
+    >>> r[1], r.take(np.array([1]))[0], len(r)
+    (b'cd', b'cd', 2)
+    """
+
+    __slots__ = ("buf", "starts", "ends")
+
+    def __init__(self, buf: bytes, starts: np.ndarray, ends: np.ndarray):
+        self.buf, self.starts, self.ends = buf, starts, ends
+
+    def __getitem__(self, i: int) -> bytes:
+        line = self.buf[self.starts[i] : self.ends[i]]
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def take(self, idx: np.ndarray) -> RawLines:
+        return RawLines(self.buf, self.starts[idx], self.ends[idx])
+
+
 @dataclass(slots=True)
 class TradeBatch:
     """Decoded trade records of one source, column by column, in arrival order.
@@ -63,7 +87,7 @@ class TradeBatch:
     is_buyer_maker: np.ndarray  # bool
     offset: np.ndarray  # int64: position of the record in its source (line number, sequence)
     status: np.ndarray  # uint8 reason index, 0 = not rejected by the decoder
-    raw: list[bytes] | None = None  # one payload per record, when the source keeps them
+    raw: list[bytes] | RawLines | None = None  # one payload per record, when kept
 
     def __len__(self) -> int:
         return len(self.trade_id)
@@ -72,7 +96,10 @@ class TradeBatch:
         """A new batch holding the records at ``idx`` (indices or boolean mask)."""
         if idx.dtype == np.bool_:
             idx = np.flatnonzero(idx)
-        raw = [self.raw[i] for i in idx.tolist()] if self.raw is not None else None
+        if isinstance(self.raw, RawLines):
+            raw: list[bytes] | RawLines | None = self.raw.take(idx)
+        else:
+            raw = [self.raw[i] for i in idx.tolist()] if self.raw is not None else None
         return TradeBatch(
             self.source,
             self.symbol if isinstance(self.symbol, str) else self.symbol[idx],

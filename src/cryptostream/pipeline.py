@@ -22,6 +22,7 @@ from cryptostream.processing.engine import EngineConfig, Output, Processor
 from cryptostream.sinks.base import stats_rows
 from cryptostream.sinks.duckdb_sink import DuckDBSink
 from cryptostream.sinks.lake import ParquetLake
+from cryptostream.sinks.writer import SinkWriter
 from cryptostream.sources.base import Source
 from cryptostream.transport.channel import InProcessChannel
 
@@ -124,6 +125,7 @@ class EmbeddedPipeline:
         if server:
             server.start()
         old = self._install_signals() if install_signals else None
+        writer = SinkWriter(self.sink, self.lake, s.lake_interval_s)
         t0 = time.monotonic()
         producer = threading.Thread(target=self._produce, name="source", daemon=True)
         producer.start()
@@ -146,7 +148,7 @@ class EmbeddedPipeline:
                     pending.extend(self.processor.advance_idle(now, int(s.idle_timeout_s * US), speed))
                 due = time.monotonic() - last_flush >= s.flush_interval_s
                 if pending_trades >= s.flush_max_trades or (due and (pending_trades or pending.window_count)):
-                    self._write(pending, now)
+                    self._write(writer, pending, now)
                     pending, pending_trades = Output(), 0
                     last_flush = time.monotonic()
                     self._report(t0)
@@ -154,9 +156,8 @@ class EmbeddedPipeline:
             if not interrupted:
                 pending.extend(self.processor.close(now_us()))
             self.summary.interrupted = interrupted
-            self._write(pending, now_us())
-            if self.lake:
-                self.lake.export_dirty(self.sink, final=True)
+            self._write(writer, pending, now_us())
+            writer.close()
         finally:
             self.source.close()
             if server:
@@ -170,14 +171,11 @@ class EmbeddedPipeline:
         self._report(t0)
         return self.summary
 
-    def _write(self, out: Output, now: int) -> None:
+    def _write(self, writer: SinkWriter, out: Output, now: int) -> None:
         stats = stats_rows(self.run_id, self._started_us, now, self.source.name, self.processor.counters)
-        self.sink.write(out, stats, now)
+        writer.submit(out, stats, now)
         for table, rows in out.windows.items():
             self.summary.windows[table] = self.summary.windows.get(table, 0) + len(rows)
-        if self.lake:
-            self.lake.mark(out)
-            self.lake.export_dirty(self.sink, final=False, interval_s=self.s.lake_interval_s)
 
     def _report(self, t0: float) -> None:
         sm = self.summary

@@ -84,6 +84,10 @@ class QueryServer:
         self.sink = sink
         self.db = Path(db)
         self.token = secrets.token_hex(16)
+        # One connection made here, in the thread that owns the writer; each request gets its
+        # own cursor of it (creating cursors is serialised: connections are not thread-safe).
+        self._base = sink.cursor()
+        self._cursor_lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = False  # stop() waits for requests in flight
         self._server.block_on_close = True
@@ -111,6 +115,7 @@ class QueryServer:
             pass
         self._server.shutdown()
         self._server.server_close()
+        self._base.close()
 
     def _handler(self):
         server = self
@@ -130,7 +135,8 @@ class QueryServer:
                 cur = None
                 try:
                     body = json.loads(self.rfile.read(length))
-                    cur = server.sink.cursor()
+                    with server._cursor_lock:
+                        cur = server._base.cursor()
                     table = _execute(cur, str(body["sql"]), body.get("params"))
                 except (ValueError, KeyError, TypeError):
                     return self._send(400, b'expected JSON {"sql": ..., "params": [...]}', "text/plain")

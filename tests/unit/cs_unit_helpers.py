@@ -213,3 +213,16 @@ def assert_same_windows(a: Output, b: Output, rel: float = 1e-9) -> None:
                     assert math.isclose(u, v, rel_tol=rel, abs_tol=1e-12), (
                         f"{table} {x[:ne]} {name}: {u} vs {v}"
                     )
+
+
+def columnar_decode_lines(lines, source, first_offset, recv_time_us=None,
+                          max_line_bytes=None):
+    """``decode_lines`` through the columnar (DuckDB) decoder used for replays."""
+    from cryptostream.sources.binance_messages import DEFAULT_MAX_LINE_BYTES
+    from cryptostream.sources.ws_columnar import ColumnarDecoder
+
+    dec = ColumnarDecoder(max_line_bytes=max_line_bytes or DEFAULT_MAX_LINE_BYTES)
+    try:
+        return dec.decode_lines(lines, source, first_offset, recv_time_us)
+    finally:
+        dec.close()

@@ -19,6 +19,16 @@ from cryptostream.sources.binance_messages import decode_lines
 from cryptostream.sources.replay import ReplayFile, ReplaySource
 from cryptostream.sources.trade_csv import read_trade_csv
 
+@pytest.fixture(autouse=True, params=["msgspec", "columnar"])
+def _decoder(request, monkeypatch):
+    """Every test here runs with both decoders: msgspec (live) and DuckDB (replay chunks)."""
+    if request.param == "columnar":
+        from cs_unit_helpers import columnar_decode_lines
+
+        monkeypatch.setitem(globals(), "decode_lines", columnar_decode_lines)
+    return request.param
+
+
 BAD = Path(__file__).resolve().parents[1] / "fixtures" / "bad"
 JSONL = BAD / "malformed.jsonl"
 CSV = BAD / "BTCUSDT-trades-malformed.csv"

@@ -15,6 +15,16 @@ from cryptostream.sources.binance_messages import decode_lines
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real"
 
+@pytest.fixture(autouse=True, params=["msgspec", "columnar"])
+def _decoder(request, monkeypatch):
+    """Every test here runs with both decoders: msgspec (live) and DuckDB (replay chunks)."""
+    if request.param == "columnar":
+        from cs_unit_helpers import columnar_decode_lines
+
+        monkeypatch.setitem(globals(), "decode_lines", columnar_decode_lines)
+    return request.param
+
+
 RAW = (b'{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":3735683259,"p":"61837.63000000",'
        b'"q":"0.02000000","T":1723161255342,"m":true,"M":true}')
 COMBINED = b'{"stream":"btcusdt@trade","data":' + RAW + b"}"

@@ -168,7 +168,7 @@ def _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes) -> S
             msgs.append(_Message())
             recv.append(rt)
             continue
-        rejects.append(_reject(source, off, reason, detail, line, _symbol_of(body)))
+        rejects.append(_reject(source, off, reason, detail, line, symbol_of(body)))
         msgs.append(None)
         recv.append(None)
     return _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects)
@@ -186,7 +186,8 @@ def _classify_invalid(body: bytes, exc: Exception):
     return RejectReason.BAD_TYPE, str(exc)
 
 
-def _symbol_of(body: bytes) -> str:
+def symbol_of(body: bytes) -> str:
+    """The symbol a broken line names, if it names one plainly (for counting its reject)."""
     m = re.search(rb'"s"\s*:\s*"([A-Z0-9]{2,20})"', body[:4096])
     return m.group(1).decode() if m else ""
 

@@ -20,10 +20,11 @@ import numpy as np
 
 from cryptostream.errors import SourceError
 from cryptostream.model import SYMBOL_RE, SourceBatch
-from cryptostream.sources.binance_messages import decode_lines
 from cryptostream.sources.trade_csv import read_trade_csv, symbol_from_filename
+from cryptostream.sources.ws_columnar import ColumnarDecoder
 
-CHUNK_BYTES = 4 << 20
+#: Bytes of WebSocket lines decoded per batch (whole lines; the columnar decoder likes big ones).
+WS_CHUNK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,36 +136,37 @@ class ReplaySource:
     def _ws_batches(self, f: ReplayFile, source: str) -> Iterator[SourceBatch]:
         offset = 0
         rest = b""
-        with open(f.path, "rb") as raw:
-            gz = raw.read(2) == b"\x1f\x8b"
-            raw.seek(0)
-            fh = gzip.GzipFile(fileobj=raw) if gz else raw
-            while True:
-                block = fh.read(CHUNK_BYTES)
-                data = rest + block
-                if not block:
-                    lines = data.split(b"\n") if data else []
-                    rest = b""
-                else:
-                    cut = data.rfind(b"\n")
-                    if cut < 0:
-                        rest = data
-                        continue
-                    lines, rest = data[:cut].split(b"\n"), data[cut + 1 :]
-                if b"\r" in data:
-                    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-                if lines:
-                    sb = decode_lines(lines, source, offset)
-                    offset += len(lines)
-                    if f.symbol is not None:
-                        sb = _only_symbol(sb, f.symbol)
-                    pos = raw.tell()
-                    self.bytes_done += pos - getattr(self, "_last_pos", 0)
-                    self._last_pos = pos
-                    yield sb
-                if not block:
-                    break
-        self._last_pos = 0
+        last_pos = 0
+        decoder = ColumnarDecoder(threads=1)
+        try:
+            with open(f.path, "rb") as raw:
+                gz = raw.read(2) == b"\x1f\x8b"
+                raw.seek(0)
+                fh = gzip.GzipFile(fileobj=raw) if gz else raw
+                while True:
+                    block = fh.read(WS_CHUNK_BYTES)
+                    data = rest + block if rest else block
+                    if block:
+                        cut = data.rfind(b"\n")
+                        if cut < 0:
+                            rest = data
+                            continue
+                        data, rest = data[: cut + 1], data[cut + 1 :]
+                    else:
+                        rest = b""
+                    if data:
+                        sb = decoder.decode_chunk(data, source, offset)
+                        offset += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+                        if f.symbol is not None:
+                            sb = _only_symbol(sb, f.symbol)
+                        pos = raw.tell()
+                        self.bytes_done += pos - last_pos
+                        last_pos = pos
+                        yield sb
+                    if not block:
+                        break
+        finally:
+            decoder.close()
 
     # -- pacing -----------------------------------------------------------------------
     def _paced(self) -> Iterator[SourceBatch]:

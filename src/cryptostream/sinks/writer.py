@@ -1,0 +1,65 @@
+"""Background writer: hands processor output to the sinks in a thread of its own.
+
+DuckDB releases the GIL while it inserts, so writing in a second thread lets the next batch
+be decoded and processed meanwhile. The hand-off is bounded (``depth`` flushes in flight):
+a slow store slows the pipeline down instead of growing memory. A write error is re-raised
+in the pipeline's thread at the next ``submit`` or at ``close``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from cryptostream.processing.engine import Output
+from cryptostream.sinks.duckdb_sink import DuckDBSink
+from cryptostream.sinks.lake import ParquetLake
+
+_STOP = object()
+
+
+class SinkWriter:
+    """Writes ``(output, stats)`` flushes in order, in a background thread."""
+
+    def __init__(self, sink: DuckDBSink, lake: ParquetLake | None, lake_interval_s: float,
+                 depth: int = 2):
+        self.sink = sink
+        self.lake = lake
+        self.lake_interval_s = lake_interval_s
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="sink-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, out: Output, stats: list[dict], now_us: int) -> None:
+        self._raise()
+        self._q.put((out, stats, now_us))
+
+    def close(self, final_lake_export: bool = True) -> None:
+        """Wait for every submitted flush to be written (then export the lake)."""
+        self._q.put(_STOP)
+        self._thread.join()
+        self._raise()
+        if final_lake_export and self.lake:
+            self.lake.export_dirty(self.sink, final=True)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is _STOP:
+                return
+            if self._error is not None:
+                continue  # drain: nothing more is written after a failure
+            out, stats, now_us = item
+            try:
+                self.sink.write(out, stats, now_us)
+                if self.lake:
+                    self.lake.mark(out)
+                    self.lake.export_dirty(self.sink, final=False, interval_s=self.lake_interval_s)
+            except BaseException as exc:  # re-raised in the pipeline thread
+                self._error = exc
