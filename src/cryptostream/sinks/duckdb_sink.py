@@ -9,7 +9,8 @@ Idempotence (see ``sinks.base``): aggregates and the small tables use primary ke
 changed, so replaying the same input twice leaves the tables identical (latency columns
 included). ``trades`` has no index (an ART index on every trade would cost hundreds of MB):
 rows are inserted with an anti-join against the stored rows of the same symbol and id range,
-which DuckDB's min/max zone maps make cheap for time-ordered data.
+which DuckDB's min/max zone maps make cheap for time-ordered data; a batch whose ids lie
+outside everything stored before the run (the usual case) is inserted directly.
 """
 
 from __future__ import annotations
@@ -111,6 +112,13 @@ class DuckDBSink:
             self.con.execute(agg_ddl(w.table))
         for ddl in (REJECTS_DDL, GAPS_DDL, STATS_DDL):
             self.con.execute(ddl)
+        # id ranges stored before this run: a batch wholly outside its symbol's range cannot
+        # repeat a stored trade (the processor dedups within a run), so it skips the anti-join
+        self._stored_ids = {
+            sym: (lo, hi) for sym, lo, hi in self.con.execute(
+                "SELECT symbol, min(trade_id), max(trade_id) FROM trades GROUP BY symbol"
+            ).fetchall()
+        }
 
     def write(self, output: Output, stats: list[dict], now_us: int = 0) -> None:
         con = self.con
@@ -154,16 +162,25 @@ class DuckDBSink:
 
     def _insert_trades(self, trades: pa.Table) -> None:
         syms = trades.column("symbol").unique().to_pylist()
+        fresh = []
         for sym in syms:
             part = trades if len(syms) == 1 else trades.filter(pc.equal(trades["symbol"], sym))
             ids = part.column("trade_id")
+            lo, hi = pc.min(ids).as_py(), pc.max(ids).as_py()
+            stored = self._stored_ids.get(sym)
+            if stored is None or hi < stored[0] or lo > stored[1]:
+                fresh.append(part)
+                continue
             self._run(
                 "INSERT INTO trades SELECT b.* FROM batch b ANTI JOIN "
                 "(SELECT trade_id FROM trades WHERE symbol = ? AND trade_id BETWEEN ? AND ?) t "
                 "USING (trade_id)",
                 part,
-                [sym, pc.min(ids).as_py(), pc.max(ids).as_py()],
+                [sym, lo, hi],
             )
+        if fresh:
+            batch = trades if len(fresh) == len(syms) else pa.concat_tables(fresh)
+            self._run("INSERT INTO trades SELECT * FROM batch", batch)
 
     def flush(self) -> None:
         if self.con is not None:

@@ -156,7 +156,7 @@ class ReplaySource:
                         rest = b""
                     if data:
                         sb = decoder.decode_chunk(data, source, offset)
-                        offset += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+                        offset += decoder.last_line_count
                         if f.symbol is not None:
                             sb = _only_symbol(sb, f.symbol)
                         pos = raw.tell()

@@ -4,8 +4,9 @@ Same input shapes and the same outcomes as ``binance_messages.decode_lines`` (wh
 decoder for live sockets and small batches), but for replays: a chunk of lines becomes one
 zero-copy Arrow string column, and one SQL query extracts every field in C++ with the GIL
 released, so decoding overlaps with processing. A chunk that is not valid UTF-8 is handed to
-the msgspec decoder line by line (DuckDB must not see invalid strings). Measured here about 2–4× faster than the
-msgspec path on one thread (docs/benchmarks.md).
+the msgspec decoder line by line (DuckDB must not see invalid strings). Per CPU second it is
+no faster than msgspec (docs/benchmarks.md); it wins wall time because it runs outside the
+GIL, beside the processor.
 
 >>> dec = ColumnarDecoder()
 >>> chunk = (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":2,"s":"BTCUSDT","t":7,'
@@ -37,61 +38,82 @@ from cryptostream.sources.binance_messages import (
     decode_lines,
 )
 
-_PATHS = "['$.e','$.data.e','$.s','$.data.s','$.t','$.data.t','$.p','$.data.p','$.q','$.data.q'," \
-         "'$.T','$.data.T','$.m','$.data.m','$.E','$.data.E','$.stream']"
+_FIELDS = ("e", "s", "t", "p", "q", "T", "m", "E")
+#: Paths to extract per line shape: raw payloads, combined-stream messages, or a mix of both.
+_PATHS = {
+    "raw": [f"$.{f}" for f in _FIELDS] + ["$.stream"],
+    "combined": [f"$.data.{f}" for f in _FIELDS] + ["$.stream"],
+    "mixed": [p for f in _FIELDS for p in (f"$.{f}", f"$.data.{f}")] + ["$.stream"],
+}
 
-# line: the whole line; jstart: 1-based position of the JSON after a recorder prefix (1: none)
-_SQL = """
-WITH src AS (
-    SELECT idx, line, jstart, oversize,
-           line LIKE 'wss://%' OR line LIKE 'ws://%'
-             OR trim(line, ' ' || chr(9) || chr(10) || chr(13)) = '' AS blank,
-           CASE WHEN jstart > 1 THEN rtrim(line[1:jstart - 2], ':') END AS pfx
+
+
+# line kinds returned by the query
+SKIP, DECODE, TRADE, MISSING, BAD_TYPE, OTHER, OVERSIZE = range(7)
+
+
+def _sql(shape: str, prefixed: bool, check: bool) -> str:
+    """The extraction query. ``lines`` has idx, line (the whole line), jstart (1-based start
+    of the JSON after a recorder prefix; 1 when none) and skip (blank or oversize)."""
+    j = "CASE WHEN jstart > 1 THEN line[jstart:] ELSE line END" if prefixed else "line"
+    paths = "[" + ", ".join(f"'{p}'" for p in _PATHS[shape]) + "]"
+    extract = f"json_extract_string({j}, {paths})"
+    if shape == "mixed":
+        fields = [f"coalesce(v[{2 * k + 2}], v[{2 * k + 1}])" for k in range(len(_FIELDS))]
+    else:
+        fields = [f"v[{k + 1}]" for k in range(len(_FIELDS))]
+    e, s_, t, p, q, tt, m, ev = fields
+    stream = f"v[{len(_PATHS[shape])}]"
+    if check:
+        extract = f"CASE WHEN json_valid({j}) THEN {extract} END"
+        ok = f"skip OR json_valid({j})"
+    else:
+        ok = "true"
+    pfx = "CASE WHEN jstart > 1 THEN rtrim(line[1:jstart - 2], ':') END" if prefixed else "NULL"
+    return f"""
+WITH x AS (
+    SELECT idx, skip, {ok} AS ok, {pfx} AS pfx,
+           CASE WHEN skip THEN NULL ELSE {extract} END AS v
     FROM lines
-), x AS (
-    SELECT idx, blank, oversize, pfx,
-           CASE WHEN blank OR oversize THEN NULL
-                WHEN NOT $check THEN json_extract_string(
-                    CASE WHEN jstart > 1 THEN line[jstart:] ELSE line END, {paths})
-                WHEN json_valid(CASE WHEN jstart > 1 THEN line[jstart:] ELSE line END)
-                THEN json_extract_string(CASE WHEN jstart > 1 THEN line[jstart:] ELSE line END, {paths})
-           END AS v,
-           CASE WHEN blank OR oversize OR NOT $check THEN true
-                ELSE json_valid(CASE WHEN jstart > 1 THEN line[jstart:] ELSE line END) END AS ok
-    FROM src
 ), f AS (
-    SELECT idx, blank, oversize, ok, pfx,
-           coalesce(v[2], v[1]) AS e, coalesce(v[4], v[3]) AS s, coalesce(v[6], v[5]) AS t,
-           coalesce(v[8], v[7]) AS p, coalesce(v[10], v[9]) AS q, coalesce(v[12], v[11]) AS tt,
-           coalesce(v[14], v[13]) AS m, coalesce(v[16], v[15]) AS ev, v[17] AS stream
+    SELECT idx, skip, ok, pfx, {e} AS e, {s_} AS s, {t} AS t, {p} AS p, {q} AS q,
+           {tt} AS tt, lower({m}) AS m, {ev} AS ev, {stream} AS stream
     FROM x
+), c AS (
+    SELECT *, TRY_CAST(t AS BIGINT) AS t_i, TRY_CAST(p AS DOUBLE) AS p_d,
+           TRY_CAST(q AS DOUBLE) AS q_d, TRY_CAST(tt AS BIGINT) AS tt_i,
+           TRY_CAST(ev AS BIGINT) AS ev_i
+    FROM f
 )
 SELECT idx,
-       CASE WHEN blank THEN 'blank' WHEN oversize THEN 'oversize' WHEN NOT ok THEN 'decode'
-            WHEN e = 'trade' THEN 'trade' ELSE 'other' END AS kind,
-       CASE WHEN e = 'trade' THEN
-            CASE WHEN s IS NULL OR t IS NULL OR p IS NULL OR q IS NULL OR tt IS NULL OR m IS NULL
-                 THEN 'missing_field'
-                 WHEN TRY_CAST(t AS BIGINT) IS NULL OR TRY_CAST(p AS DOUBLE) IS NULL
-                   OR TRY_CAST(q AS DOUBLE) IS NULL OR TRY_CAST(tt AS BIGINT) IS NULL
-                   OR lower(m) NOT IN ('true', 'false')
-                   OR (ev IS NOT NULL AND TRY_CAST(ev AS BIGINT) IS NULL)
-                 THEN 'bad_type' END
-       END AS status,
+       CAST(CASE WHEN skip THEN {SKIP} WHEN NOT ok THEN {DECODE}
+            WHEN e = 'trade' THEN
+                 CASE WHEN s IS NULL OR t IS NULL OR p IS NULL OR q IS NULL OR tt IS NULL
+                        OR m IS NULL THEN {MISSING}
+                      WHEN t_i IS NULL OR p_d IS NULL OR q_d IS NULL OR tt_i IS NULL
+                        OR m NOT IN ('true', 'false') OR (ev IS NOT NULL AND ev_i IS NULL)
+                      THEN {BAD_TYPE}
+                      ELSE {TRADE} END
+            ELSE {OTHER} END AS TINYINT) AS kind,
        coalesce(s, upper(split_part(stream, '@', 1)), '') AS symbol,
-       coalesce(TRY_CAST(t AS BIGINT), 0) AS trade_id,
-       coalesce(TRY_CAST(p AS DOUBLE), 'NaN'::DOUBLE) AS price,
-       coalesce(TRY_CAST(q AS DOUBLE), 'NaN'::DOUBLE) AS qty,
-       coalesce(TRY_CAST(tt AS BIGINT), 0) * 1000 AS trade_time_us,
-       coalesce(TRY_CAST(ev AS BIGINT) * 1000, {no_time}) AS event_time_us,
-       coalesce(lower(m) = 'true', false) AS is_buyer_maker,
-       CASE WHEN pfx IS NULL THEN {no_time}
+       coalesce(t_i, 0) AS trade_id,
+       coalesce(p_d, 'NaN'::DOUBLE) AS price,
+       coalesce(q_d, 'NaN'::DOUBLE) AS qty,
+       coalesce(tt_i, 0) * 1000 AS trade_time_us,
+       coalesce(ev_i * 1000, {NO_TIME}) AS event_time_us,
+       coalesce(m = 'true', false) AS is_buyer_maker,
+       CASE WHEN pfx IS NULL THEN {NO_TIME}
             WHEN contains(pfx, '.') OR length(pfx) <= 11
             THEN CAST(round(TRY_CAST(pfx AS DOUBLE) * 1e6) AS BIGINT)
             ELSE TRY_CAST(pfx AS BIGINT) // 1000 END AS recv_time_us
-FROM f
-ORDER BY idx
-""".format(paths=_PATHS, no_time=NO_TIME)
+FROM c
+"""
+
+
+_QUERIES = {
+    (shape, pre, chk): _sql(shape, pre, chk)
+    for shape in _PATHS for pre in (False, True) for chk in (False, True)
+}
 
 
 class ColumnarDecoder:
@@ -101,6 +123,7 @@ class ColumnarDecoder:
         self.con = duckdb.connect()
         self.con.execute(f"SET threads = {int(threads)}")
         self.max_line_bytes = max_line_bytes
+        self.last_line_count = 0  # lines in the last chunk decoded (blank ones included)
 
     def close(self) -> None:
         self.con.close()
@@ -115,12 +138,17 @@ class ColumnarDecoder:
         """Decode whole lines in ``chunk`` (split on ``\\n``; a final newline is optional)."""
         if chunk.endswith(b"\n"):
             chunk = chunk[:-1]
+            if not chunk:
+                self.last_line_count = 1
+                return SourceBatch(TradeBatch.empty(source))
         if not chunk:
+            self.last_line_count = 0
             return SourceBatch(TradeBatch.empty(source))
         buf = np.frombuffer(chunk, np.uint8)
         nl = np.flatnonzero(buf == 10)
         starts = np.concatenate(([0], nl + 1)).astype(np.int64)
         ends = np.concatenate((nl, [len(buf)])).astype(np.int64)
+        self.last_line_count = len(starts)
         lines = _string_array(chunk, starts, ends)
         try:
             lines.validate(full=True)  # DuckDB must never see invalid UTF-8
@@ -128,22 +156,24 @@ class ColumnarDecoder:
             return decode_lines([chunk[s:e] for s, e in zip(starts.tolist(), ends.tolist())],
                                 source, first_offset, recv_time_us, self.max_line_bytes)
         raw = RawLines(chunk, starts, ends)
+        oversize = (ends - starts) > self.max_line_bytes
+        jstart = _json_starts(buf, starts, ends)
         table = pa.table({
             "idx": np.arange(len(starts), dtype=np.int64),
             "line": lines,
-            "jstart": _json_starts(buf, starts, ends),
-            "oversize": (ends - starts) > self.max_line_bytes,
+            "jstart": jstart,
+            "skip": _blank(buf, starts, ends, chunk) | oversize,
         })
-        res = self._query(table)
-        return _assemble(res, raw, source, first_offset, recv_time_us)
+        res = self._query(table, _shape(chunk, len(starts)), prefixed=bool((jstart > 1).any()))
+        return _assemble(res, raw, oversize, source, first_offset, recv_time_us)
 
-    def _query(self, table: pa.Table) -> pa.Table:
+    def _query(self, table: pa.Table, shape: str, prefixed: bool) -> pa.Table:
         self.con.register("lines", table)
         try:
             try:
-                return self.con.sql(_SQL, params={"check": False}).to_arrow_table()
+                return self.con.sql(_QUERIES[shape, prefixed, False]).to_arrow_table()
             except duckdb.Error:  # a line that is not JSON: validate line by line
-                return self.con.sql(_SQL, params={"check": True}).to_arrow_table()
+                return self.con.sql(_QUERIES[shape, prefixed, True]).to_arrow_table()
         finally:
             self.con.unregister("lines")
 
@@ -177,43 +207,58 @@ def _json_starts(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nd
     return jstart
 
 
-def _assemble(res: pa.Table, raw: RawLines, source: str, first_offset: int,
-              recv_time_us: int | None) -> SourceBatch:
-    kind = res.column("kind").to_numpy(zero_copy_only=False)
-    symbol_col = res.column("symbol")
+def _shape(chunk: bytes, n_lines: int) -> str:
+    """``combined`` when every line holds a ``{"stream":`` wrapper, ``raw`` when no line
+    mentions one (nor a ``"data"`` key), else ``mixed`` (extracts both shapes' paths)."""
+    wrapped = chunk.count(b'{"stream":')
+    if wrapped == n_lines:
+        return "combined"
+    if wrapped == 0 and b'"data"' not in chunk:
+        return "raw"
+    return "mixed"
+
+
+def _blank(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, chunk: bytes) -> np.ndarray:
+    """Lines that are not messages: only whitespace, or a recorder's ``wss://`` header.
+
+    Only lines that are empty or start with whitespace or ``w`` are looked at one by one."""
+    blank = ends == starts
+    first = buf[np.minimum(starts, len(buf) - 1)]
+    odd = ~blank & ((first == 32) | (first == 9) | (first == 13) | (first == 119))
+    for i in np.flatnonzero(odd).tolist():
+        line = chunk[starts[i] : ends[i]]
+        blank[i] = not line.strip() or line.startswith((b"wss://", b"ws://"))
+    return blank
+
+
+def _assemble(res: pa.Table, raw: RawLines, oversize: np.ndarray, source: str,
+              first_offset: int, recv_time_us: int | None) -> SourceBatch:
+    kind = res.column("kind").to_numpy()
+    kind = np.where(oversize, OVERSIZE, kind)
     rejects: list[Rejected] = []
     ignored: dict[str, int] = {}
-    for i in np.flatnonzero(kind == "oversize").tolist():
-        line = raw[i]
-        rejects.append(_reject(source, first_offset + i, RejectReason.OVERSIZE,
-                               f"line of {len(line)} bytes > limit", line))
-    for i in np.flatnonzero(kind == "decode").tolist():
-        rejects.append(_reject(source, first_offset + i, RejectReason.DECODE_ERROR,
-                               "not valid JSON", raw[i], symbol_of(raw[i])))
-    status_all = res.column("status").to_numpy(zero_copy_only=False)
-    bad_type = (kind == "trade") & (status_all == "bad_type")
-    if bad_type.any():
-        for i in np.flatnonzero(bad_type).tolist():
-            rejects.append(_reject(source, first_offset + i, RejectReason.BAD_TYPE,
-                                   "a trade field has the wrong type", raw[i], symbol_of(raw[i])))
-        kind = np.where(bad_type, "bad_type", kind)
-    other = np.flatnonzero(kind == "other")
-    if other.size:
-        syms = symbol_col.take(pa.array(other)).to_pylist()
-        for s in syms:
-            ignored[s] = ignored.get(s, 0) + 1
-    keep = np.flatnonzero(kind == "trade")
+    if (kind != TRADE).any():
+        for i in np.flatnonzero(kind == OVERSIZE).tolist():
+            line = raw[i]
+            rejects.append(_reject(source, first_offset + i, RejectReason.OVERSIZE,
+                                   f"line of {len(line)} bytes > limit", line))
+        for i in np.flatnonzero((kind == DECODE) | (kind == BAD_TYPE)).tolist():
+            reason = RejectReason.DECODE_ERROR if kind[i] == DECODE else RejectReason.BAD_TYPE
+            detail = "not valid JSON" if kind[i] == DECODE else "a trade field has the wrong type"
+            rejects.append(_reject(source, first_offset + i, reason, detail, raw[i],
+                                   symbol_of(raw[i])))
+        other = np.flatnonzero(kind == OTHER)
+        if other.size:
+            for sym in res.column("symbol").take(pa.array(other)).to_pylist():
+                ignored[sym] = ignored.get(sym, 0) + 1
+    is_trade = (kind == TRADE) | (kind == MISSING)
+    keep = np.flatnonzero(is_trade)
     n = len(keep)
     if n == 0:
         return SourceBatch(TradeBatch.empty(source), rejects, ignored)
     all_trades = n == len(kind)
     t = res if all_trades else res.take(pa.array(keep))
-    status_txt = t.column("status")
-    status = np.zeros(n, np.uint8)
-    if status_txt.null_count != n:
-        st = status_txt.to_numpy(zero_copy_only=False)
-        status[st == "missing_field"] = REASON_INDEX[RejectReason.MISSING_FIELD]
-        status[st == "bad_type"] = REASON_INDEX[RejectReason.BAD_TYPE]
+    status = np.where(kind[keep] == MISSING, REASON_INDEX[RejectReason.MISSING_FIELD], 0)
     syms = t.column("symbol").combine_chunks().dictionary_encode()
     names = syms.dictionary.to_pylist()
     symbol = names[0] if len(names) == 1 else np.array(names, dtype=object)[
@@ -232,7 +277,7 @@ def _assemble(res: pa.Table, raw: RawLines, source: str, first_offset: int,
         recv_time_us=recv.astype(np.int64),
         is_buyer_maker=t.column("is_buyer_maker").to_numpy(zero_copy_only=False),
         offset=keep.astype(np.int64) + first_offset,
-        status=status,
+        status=status.astype(np.uint8),
         raw=raw if all_trades else raw.take(keep),
     )
     return SourceBatch(batch, rejects, ignored)
