@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     flush_max_trades: int = 500_000
     lake_interval_s: float = 60.0
     serve_queries: bool = True
+    #: DuckDB worker threads of the store; 1 measured fastest end to end (docs/benchmarks.md)
+    duckdb_threads: int = Field(1, ge=1)
     # operation
     progress: bool | None = None
     queue_batches: int = 8

@@ -87,7 +87,7 @@ class EmbeddedPipeline:
         self.s = settings
         self.source = source or build_source(settings)
         self.processor = Processor(engine_config(settings))
-        self.sink = DuckDBSink(settings.db, settings.window_specs())
+        self.sink = DuckDBSink(settings.db, settings.window_specs(), threads=settings.duckdb_threads)
         self.lake = ParquetLake(settings.lake, settings.window_specs()) if settings.lake else None
         self.channel = InProcessChannel(maxsize=settings.queue_batches)
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -160,6 +160,7 @@ class EmbeddedPipeline:
             writer.close()
         finally:
             self.source.close()
+            writer.abort()  # after an error: let a write in flight finish, write nothing more
             if server:
                 # readers keep using the endpoint while the store checkpoints; once it is
                 # withdrawn they retry the read-only open until the file lock is released

@@ -530,3 +530,28 @@ def test_query_refuses_statements_that_write(csv_ws, cs, tmp_path, sql):
     finally:
         con.close()
     assert after == (9757 + 6106, 14), "the refused statement changed the store"
+
+
+# -- tests: progress and the simulator command -----------------------------------------------
+def test_replay_shows_progress_with_trades_per_second(cs, workspace):
+    res = cs.run_cli("run", "--source", "replay", "--speed", "max", "--db", workspace.db,
+                     "--lake", "off", "--replay", cs.real.btc_raw_gz, "--progress",
+                     cwd=workspace.root)
+    assert res.returncode == 0, res.stderr
+    assert "trades/s" in res.stderr and "100.0%" in res.stderr
+
+
+def test_simulator_command_from_the_issue(cs, workspace):
+    """`run --source simulate --symbols ... --duration 10m --speed 60`: ten minutes of event
+    time in about ten seconds of wall time, every 1-minute window of every symbol written."""
+    res = cs.run_cli("run", "--source", "simulate", "--symbols", "BTCUSDT,ETHUSDT,SOLUSDT",
+                     "--duration", "10m", "--speed", "60", "--db", workspace.db,
+                     "--lake", workspace.lake, cwd=workspace.root, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = cs.query_json(workspace.db, "SELECT symbol, count(*) AS n, sum(trade_count) AS trades "
+                         "FROM agg_1m GROUP BY symbol ORDER BY symbol")
+    assert [(r["symbol"], r["n"]) for r in rows] == [("BTCUSDT", 10), ("ETHUSDT", 10),
+                                                       ("SOLUSDT", 10)]
+    stats = {r["symbol"]: r for r in cs.stats_json(workspace.db)}
+    for r in rows:
+        assert int(r["trades"]) == stats[r["symbol"]]["accepted"] > 1000

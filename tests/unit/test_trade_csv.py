@@ -177,3 +177,26 @@ def test_read_in_many_blocks_equals_one_block():
         b = np.concatenate([getattr(sb.trades, col) for sb in many])
         assert np.array_equal(a, b), col
     assert len(np.concatenate([sb.trades.trade_id for sb in many])) == 6106
+
+
+def test_zip_and_gzip_archives_read_like_the_plain_file(tmp_path):
+    """Official downloads come as .zip; .csv.gz is common too: both read like the CSV."""
+    from cryptostream.sources.replay import ReplayFile, ReplaySource
+
+    plain = Path(__file__).parents[1] / "fixtures" / "real" / "BTCUSDT-trades-2024-08-08.csv"
+    zipped = tmp_path / "BTCUSDT-trades-2024-08-08.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(plain, plain.name)
+    gz = tmp_path / "BTCUSDT-trades-2024-08-08.csv.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+
+    def trades(path):
+        src = ReplaySource([ReplayFile.parse(str(path))])  # symbol from the official name
+        got = [sb.trades for sb in src.batches()]
+        return [(b.symbol, b.trade_id.tolist(), b.price.tolist(), b.trade_time_us.tolist())
+                for b in got]
+
+    expected = trades(plain)
+    assert sum(len(ids) for _, ids, _, _ in expected) == 9757
+    assert trades(zipped) == expected
+    assert trades(gz) == expected

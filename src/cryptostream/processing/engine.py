@@ -33,6 +33,9 @@ from cryptostream.model import (
 )
 from cryptostream.processing.aggregates import PaneAgg, segment_aggregates
 from cryptostream.processing.cleaning import (
+    MAX_TRADE_TIME_US,
+    MIN_TRADE_TIME_US,
+    NEG_TIME,
     DedupState,
     Gap,
     Watermark,
@@ -41,7 +44,7 @@ from cryptostream.processing.cleaning import (
     validate,
 )
 
-_NEG = -(2**62)
+_NEG = NEG_TIME
 END_OF_TIME_US = 2**62
 
 
@@ -170,7 +173,8 @@ class Processor:
         bad = np.flatnonzero(status)
         if bad.size:
             for i in bad.tolist():
-                rej = self._reject(batch, i, REASON_CODES[status[i]], "")
+                reason = REASON_CODES[status[i]]
+                rej = self._reject(batch, i, reason, _detail(reason, batch, i))
                 c = self._counters(rej.symbol)
                 c.received += 1
                 c.rejected[rej.reason] += 1
@@ -342,6 +346,26 @@ class Processor:
         for ps in [p for p in st.panes if p + self.max_size_us <= wm]:
             del st.panes[ps]
         st.dedup.expire(Watermark.closed_before(wm, pane_us))
+
+
+def _detail(reason: RejectReason, b: TradeBatch, i: int) -> str:
+    """What was wrong with record ``i``, in words a user can act on."""
+    if reason in (RejectReason.NON_FINITE, RejectReason.NON_POSITIVE_PRICE,
+                  RejectReason.NON_POSITIVE_QTY):
+        return f"price={b.price[i]!r} qty={b.qty[i]!r}"
+    if reason == RejectReason.BAD_SYMBOL:
+        return f"symbol {b.symbol_at(i)!r} does not match ^[A-Z0-9]{{2,20}}$"
+    if reason == RejectReason.CLOCK_SKEW:
+        skew_s = (int(b.trade_time_us[i]) - int(b.recv_time_us[i])) / 1e6
+        return f"trade time is {skew_s:+.3f} s from the receive time (raise --max-clock-skew?)"
+    if reason == RejectReason.BAD_TYPE:
+        t = int(b.trade_time_us[i])
+        if not MIN_TRADE_TIME_US <= t < MAX_TRADE_TIME_US:
+            return f"trade time {t} µs is outside 2010..2100"
+        return "a field could not be converted to its type"
+    if reason == RejectReason.MISSING_FIELD:
+        return "a required trade field (s, t, p, q, T, m) is absent or null"
+    return ""
 
 
 def _group_by_symbol(symbols: np.ndarray | str):

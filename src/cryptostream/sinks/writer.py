@@ -43,6 +43,13 @@ class SinkWriter:
         if final_lake_export and self.lake:
             self.lake.export_dirty(self.sink, final=True)
 
+    def abort(self) -> None:
+        """Stop without raising (used on the error path; a no-op after ``close``)."""
+        if self._thread.is_alive():
+            self._error = self._error or RuntimeError("aborted")
+            self._q.put(_STOP)
+            self._thread.join()
+
     def _raise(self) -> None:
         if self._error is not None:
             err, self._error = self._error, None
