@@ -22,8 +22,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+# piped output is read by people in wide terminals and logs: do not fold tables at 80 columns
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (default ./cryptostream.toml).")]
 DbOpt = Annotated[Optional[Path], typer.Option("--db", help="DuckDB file [default: data/cryptostream.duckdb].")]
