@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,33 +21,34 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts hold [SYMBOL=]FILE and [/SLIDE]: not markup
 )
 # piped output is read by people in wide terminals and logs: do not fold tables at 80 columns
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 out = Console(width=None if sys.stdout.isatty() else 200)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (default ./cryptostream.toml).")]
-DbOpt = Annotated[Optional[Path], typer.Option("--db", help="DuckDB file [default: data/cryptostream.duckdb].")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (default ./cryptostream.toml).")]
+DbOpt = Annotated[Path | None, typer.Option("--db", help="DuckDB file [default: data/cryptostream.duckdb].")]
 
 
 @app.command()
 def run(
-    source: Annotated[Optional[str], typer.Option(help="simulate | replay  [default: simulate]")] = None,
-    replay: Annotated[Optional[list[str]], typer.Option(
+    source: Annotated[str | None, typer.Option(help="simulate | replay  [default: simulate]")] = None,
+    replay: Annotated[list[str] | None, typer.Option(
         "--replay", help="[SYMBOL=]FILE to replay: official trade CSV/ZIP or WebSocket JSON lines (.gz ok). Repeatable.")] = None,
-    symbols: Annotated[Optional[str], typer.Option(help="Comma-separated symbols for the simulator, e.g. BTCUSDT,ETHUSDT.")] = None,
-    speed: Annotated[Optional[str], typer.Option(help="'max' (as fast as possible) or N x real time.")] = None,
-    duration: Annotated[Optional[str], typer.Option(help="Simulated event time to produce, e.g. 10m (simulator).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed of the simulator.")] = None,
+    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols for the simulator, e.g. BTCUSDT,ETHUSDT.")] = None,
+    speed: Annotated[str | None, typer.Option(help="'max' (as fast as possible) or N x real time.")] = None,
+    duration: Annotated[str | None, typer.Option(help="Simulated event time to produce, e.g. 10m (simulator).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed of the simulator.")] = None,
     db: DbOpt = None,
-    lake: Annotated[Optional[str], typer.Option(help="Parquet lake folder, or 'off'. [default: data/lake]")] = None,
-    window: Annotated[Optional[list[str]], typer.Option(
+    lake: Annotated[str | None, typer.Option(help="Parquet lake folder, or 'off'. [default: data/lake]")] = None,
+    window: Annotated[list[str] | None, typer.Option(
         "--window", help="TABLE=SIZE[/SLIDE] in seconds; replaces the defaults. Repeatable.")] = None,
-    allowed_lateness: Annotated[Optional[str], typer.Option(help="Allowed lateness, e.g. 2s.")] = None,
-    idle_timeout: Annotated[Optional[str], typer.Option(help="Quiet time after which a symbol's watermark advances with the clock (live/paced).")] = None,
-    max_clock_skew: Annotated[Optional[str], typer.Option(help="Max |trade time - receive time| in seconds; 0 disables.")] = None,
-    spike_threshold: Annotated[Optional[float], typer.Option(help="Price-spike flag threshold in percent.")] = None,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar [default: when stderr is a terminal].")] = None,
+    allowed_lateness: Annotated[str | None, typer.Option(help="Allowed lateness, e.g. 2s.")] = None,
+    idle_timeout: Annotated[str | None, typer.Option(help="Quiet time after which a symbol's watermark advances with the clock (live/paced).")] = None,
+    max_clock_skew: Annotated[str | None, typer.Option(help="Max |trade time - receive time| in seconds; 0 disables.")] = None,
+    spike_threshold: Annotated[float | None, typer.Option(help="Price-spike flag threshold in percent.")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar [default: when stderr is a terminal].")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the embedded pipeline (source -> clean -> windows -> DuckDB + Parquet)."""
@@ -127,7 +128,7 @@ def _print_table(table, fmt: str) -> None:
 @app.command()
 def stats(
     db: DbOpt = None,
-    run_id: Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
     config: ConfigOpt = None,
 ) -> None:

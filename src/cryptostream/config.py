@@ -155,7 +155,7 @@ class Settings(BaseSettings):
 
     @property
     def allowed_lateness_us(self) -> int:
-        return int(round(self.allowed_lateness_s * US_PER_S))
+        return round(self.allowed_lateness_s * US_PER_S)
 
     @classmethod
     def settings_customise_sources(

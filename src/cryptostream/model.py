@@ -51,7 +51,7 @@ class RawLines:
     (b'cd', b'cd', 2)
     """
 
-    __slots__ = ("buf", "starts", "ends")
+    __slots__ = ("buf", "ends", "starts")
 
     def __init__(self, buf: bytes, starts: np.ndarray, ends: np.ndarray):
         self.buf, self.starts, self.ends = buf, starts, ends

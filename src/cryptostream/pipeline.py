@@ -108,7 +108,7 @@ class EmbeddedPipeline:
                 if self._stop.is_set():
                     break
                 self.channel.put(sb)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             self.channel.fail(exc)
             return
         self.channel.close()
@@ -194,7 +194,7 @@ class EmbeddedPipeline:
         if threading.current_thread() is not threading.main_thread():
             return None
 
-        def handler(signum, frame):  # noqa: ARG001
+        def handler(signum, frame):
             self.stop()
 
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -124,7 +124,7 @@ class QueryServer:
             def log_message(self, *args):  # no access log on stderr
                 pass
 
-            def do_POST(self):  # noqa: N802 - http.server naming
+            def do_POST(self):
                 if self.path != "/query":
                     return self._send(404, b"not found", "text/plain")
                 if self.headers.get("Authorization") != f"Bearer {server.token}":

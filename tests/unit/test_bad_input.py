@@ -19,6 +19,7 @@ from cryptostream.sources.binance_messages import decode_lines
 from cryptostream.sources.replay import ReplayFile, ReplaySource
 from cryptostream.sources.trade_csv import read_trade_csv
 
+
 @pytest.fixture(autouse=True, params=["msgspec", "columnar"])
 def _decoder(request, monkeypatch):
     """Every test here runs with both decoders: msgspec (live) and DuckDB (replay chunks)."""

@@ -229,16 +229,17 @@ def test_gap_filled_inside_the_same_batch():
     assert (w["trade_count"], w["missing_trades"]) == (4, 0)
 
 
-def dedup(st, symbol, ids, times, now_us, max_open_gaps, mark=Watermark()):
+def dedup(st, mark, symbol, ids, times, now_us, max_open_gaps):
     return classify(st, mark, symbol, ids, times, now_us, 2_000_000, 60_000_000, max_open_gaps)
 
 
 def test_dedup_function_classifies_ids_and_gaps():
-    st = DedupState()
-    r = dedup(st, "BTCUSDT", np.array([100, 101, 104, 101, 102]), np.arange(5) + at(1), 0, 100)
+    st, mark = DedupState(), Watermark()
+    r = dedup(st, mark, "BTCUSDT", np.array([100, 101, 104, 101, 102]), np.arange(5) + at(1), 0,
+              100)
     assert r.duplicate.tolist() == [False, False, False, True, False]
     assert [(g.from_id, g.to_id, g.count, g.filled) for g in r.new_gaps] == [(102, 103, 2, 1)]
-    r2 = dedup(st, "BTCUSDT", np.array([103, 103, 105]), np.arange(3) + at(1), 0, 100)
+    r2 = dedup(st, mark, "BTCUSDT", np.array([103, 103, 105]), np.arange(3) + at(1), 0, 100)
     assert r2.duplicate.tolist() == [False, True, False]
     assert r2.new_gaps == []
 

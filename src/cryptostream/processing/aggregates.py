@@ -141,7 +141,7 @@ class LatencySketch:
     """
 
     SUB = 64
-    __slots__ = ("count", "total", "max", "keys", "counts")
+    __slots__ = ("count", "counts", "keys", "max", "total")
 
     def __init__(self, count: int, total: float, mx: float, keys: np.ndarray, counts: np.ndarray):
         self.count, self.total, self.max = count, total, mx

@@ -68,5 +68,5 @@ class SinkWriter:
                 if self.lake:
                     self.lake.mark(out)
                     self.lake.export_dirty(self.sink, final=False, interval_s=self.lake_interval_s)
-            except BaseException as exc:  # re-raised in the pipeline thread
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the pipeline thread
                 self._error = exc

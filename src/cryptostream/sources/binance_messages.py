@@ -95,7 +95,7 @@ def _split_prefix(line: bytes) -> tuple[int | None, bytes]:
         return int(m.group(1)) // 1000, line[m.end() :]
     m = _PREFIX_S.match(line)
     if m:
-        return int(round(float(m.group(1)) * 1e6)), line[m.end() :]
+        return round(float(m.group(1)) * 1e6), line[m.end() :]
     return None, line
 
 

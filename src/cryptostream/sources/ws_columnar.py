@@ -34,8 +34,8 @@ from cryptostream.model import (
 from cryptostream.sources.binance_messages import (
     DEFAULT_MAX_LINE_BYTES,
     RAW_KEEP_BYTES,
-    symbol_of,
     decode_lines,
+    symbol_of,
 )
 
 _FIELDS = ("e", "s", "t", "p", "q", "T", "m", "E")

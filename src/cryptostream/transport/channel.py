@@ -53,7 +53,6 @@ class InProcessChannel:
         if self._error is not None:
             err, self._error = self._error, None
             raise err
-        return None
 
     def close(self) -> None:
         self._closed = True
