@@ -67,6 +67,31 @@ class RawLines:
         return RawLines(self.buf, self.starts[idx], self.ends[idx])
 
 
+class SymbolCodes:
+    """A symbol column as small integer codes into ``names`` (what a columnar decoder has).
+
+    >>> s = SymbolCodes(np.array([1, 0, 1], np.int32), ["BTCUSDT", "ETHUSDT"])
+    >>> s[0], s[np.array([0, 2])].to_objects().tolist(), len(s)
+    ('ETHUSDT', ['ETHUSDT', 'ETHUSDT'], 3)
+    """
+
+    __slots__ = ("codes", "names")
+
+    def __init__(self, codes: np.ndarray, names: list[str]):
+        self.codes, self.names = codes, names
+
+    def __getitem__(self, idx):
+        if isinstance(idx, np.ndarray):
+            return SymbolCodes(self.codes[idx], self.names)
+        return self.names[self.codes[idx]]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def to_objects(self) -> np.ndarray:
+        return np.array(self.names, dtype=object)[self.codes]
+
+
 @dataclass(slots=True)
 class TradeBatch:
     """Decoded trade records of one source, column by column, in arrival order.
@@ -77,7 +102,7 @@ class TradeBatch:
     """
 
     source: str
-    symbol: np.ndarray | str  # object array of str, or one str for the whole batch
+    symbol: np.ndarray | SymbolCodes | str  # per record, or one str for the whole batch
     trade_id: np.ndarray  # int64
     price: np.ndarray  # float64
     qty: np.ndarray  # float64

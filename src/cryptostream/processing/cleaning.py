@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cryptostream.model import NO_TIME, REASON_INDEX, SYMBOL_RE, RejectReason, TradeBatch
+from cryptostream.model import (
+    NO_TIME,
+    REASON_INDEX,
+    SYMBOL_RE,
+    RejectReason,
+    SymbolCodes,
+    TradeBatch,
+)
 
 # Trade times outside [2010-01-01, 2100-01-01) cannot be Binance trades: such a record would
 # otherwise drag the watermark years ahead and turn every later trade into a late one.
@@ -36,6 +43,10 @@ def validate(batch: TradeBatch, max_clock_skew_us: int) -> np.ndarray:
         if isinstance(symbols, str):
             if not SYMBOL_RE.match(symbols):
                 mark(np.ones(len(batch), np.bool_), RejectReason.BAD_SYMBOL)
+        elif isinstance(symbols, SymbolCodes):
+            bad_codes = [k for k, s in enumerate(symbols.names) if not SYMBOL_RE.match(s)]
+            if bad_codes:
+                mark(np.isin(symbols.codes, bad_codes), RejectReason.BAD_SYMBOL)
         else:
             uniq = set(symbols.tolist())
             bad = [s for s in uniq if not (isinstance(s, str) and SYMBOL_RE.match(s))]

@@ -28,6 +28,7 @@ from cryptostream.model import (
     Rejected,
     RejectReason,
     SourceBatch,
+    SymbolCodes,
     TradeBatch,
     WindowSpec,
 )
@@ -368,10 +369,18 @@ def _detail(reason: RejectReason, b: TradeBatch, i: int) -> str:
     return ""
 
 
-def _group_by_symbol(symbols: np.ndarray | str):
+def _group_by_symbol(symbols: np.ndarray | SymbolCodes | str):
     """Yield (symbol, indices or None when the whole batch is that symbol)."""
     if isinstance(symbols, str):
         yield symbols, None
+        return
+    if isinstance(symbols, SymbolCodes):
+        present = np.flatnonzero(np.bincount(symbols.codes, minlength=len(symbols.names)))
+        if len(present) == 1:
+            yield symbols.names[present[0]], None
+            return
+        for k in present.tolist():
+            yield symbols.names[k], np.flatnonzero(symbols.codes == k)
         return
     first = symbols[0]
     if (symbols == first).all():

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cryptostream.errors import SourceError
-from cryptostream.model import SYMBOL_RE, SourceBatch
+from cryptostream.model import SYMBOL_RE, SourceBatch, SymbolCodes
 from cryptostream.sources.trade_csv import read_trade_csv, symbol_from_filename
 from cryptostream.sources.ws_columnar import ColumnarDecoder
 
@@ -226,6 +226,8 @@ def _only_symbol(sb: SourceBatch, symbol: str) -> SourceBatch:
     syms = sb.trades.symbol
     if isinstance(syms, str):
         syms = np.full(len(sb.trades), syms, dtype=object)
+    elif isinstance(syms, SymbolCodes):
+        syms = syms.to_objects()
     if len(syms) == 0 or (syms == symbol).all():
         return sb
     keep = syms == symbol

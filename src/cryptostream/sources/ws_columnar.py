@@ -29,6 +29,7 @@ from cryptostream.model import (
     Rejected,
     RejectReason,
     SourceBatch,
+    SymbolCodes,
     TradeBatch,
 )
 from cryptostream.sources.binance_messages import (
@@ -261,8 +262,8 @@ def _assemble(res: pa.Table, raw: RawLines, oversize: np.ndarray, source: str,
     status = np.where(kind[keep] == MISSING, REASON_INDEX[RejectReason.MISSING_FIELD], 0)
     syms = t.column("symbol").combine_chunks().dictionary_encode()
     names = syms.dictionary.to_pylist()
-    symbol = names[0] if len(names) == 1 else np.array(names, dtype=object)[
-        syms.indices.to_numpy(zero_copy_only=False)]
+    symbol = names[0] if len(names) == 1 else SymbolCodes(
+        syms.indices.to_numpy(zero_copy_only=False), names)
     recv = t.column("recv_time_us").to_numpy(zero_copy_only=False)
     if recv_time_us is not None:
         recv = np.where(recv == NO_TIME, recv_time_us, recv)
