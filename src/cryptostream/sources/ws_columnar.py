@@ -24,7 +24,6 @@ import pyarrow as pa
 
 from cryptostream.model import (
     NO_TIME,
-    REASON_INDEX,
     RawLines,
     Rejected,
     RejectReason,
