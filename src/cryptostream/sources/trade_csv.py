@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import zipfile
 from collections.abc import Iterator
@@ -198,11 +197,4 @@ def _rows_batch(pending, rejects, symbol, source) -> SourceBatch:
         raw=[r.encode() for r in cols[6]],
     )
     return SourceBatch(batch, rejects, {})
-
-
-def file_size(path: str | Path) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
