@@ -76,6 +76,9 @@ class Gap:
     detected_at_us: int
     after_trade_time_us: int
     filled: int = 0
+    #: The watermark just before the gap was seen: while a backfill may still bring the
+    #: missing ids, the symbol's watermark is held here (see ``Watermark.hold``).
+    hold_wm_us: int = 0
     #: False for the ids below the first trade seen (a stream that starts out of order):
     #: tracked so they can still be accepted, but not reported as a gap.
     published: bool = True
@@ -95,6 +98,7 @@ class Hole:
 
 
 NEG_TIME = -(2**62)
+NO_HOLD = 2**62
 MIN_ID = -(2**62)
 #: Retired id ranges remembered per symbol (to tell a very late record from a duplicate).
 MAX_EXPIRED = 1024
@@ -110,9 +114,11 @@ class Watermark:
 
     max_t: int = NEG_TIME
     wm: int = NEG_TIME
+    #: Upper bound on the watermark while a gap's backfill is pending (``NO_HOLD``: none).
+    hold: int = NO_HOLD
 
     def current(self, lateness_us: int) -> int:
-        return max(self.wm, self.max_t - lateness_us)
+        return min(max(self.wm, self.max_t - lateness_us), self.hold)
 
     @staticmethod
     def closed_before(wm: int, pane_us: int) -> int:
@@ -200,11 +206,14 @@ def classify(
     lateness_us: int,
     pane_us: int,
     max_open_gaps: int,
+    hold_gaps: bool = False,
 ) -> Classified:
     """Duplicate and late flags for valid records of one symbol, in arrival order.
 
     Per-record semantics, whatever the batch boundaries: record i is judged against the
-    state left by records 0..i-1. Updates ``state`` and ``mark``.
+    state left by records 0..i-1. Updates ``state`` and ``mark``. With ``hold_gaps`` (a
+    source that backfills), a new gap caps ``mark.hold`` at the watermark just before it, so
+    the missing ids are not judged late when the backfill brings them.
 
     >>> st, wm = DedupState(), Watermark()
     >>> r = classify(st, wm, "BTCUSDT", np.array([1, 2, 5, 2, 4]), np.arange(5) * 1000, 0,
@@ -221,40 +230,45 @@ def classify(
         d = np.diff(trade_id)
         if np.all(d > 0):
             return _classify_fast(state, mark, symbol, trade_id, trade_time_us, d, now_us,
-                                  lateness_us, pane_us, max_open_gaps)
+                                  lateness_us, pane_us, max_open_gaps, hold_gaps)
     return _classify_slow(state, mark, symbol, trade_id, trade_time_us, now_us, lateness_us,
-                          pane_us, max_open_gaps)
+                          pane_us, max_open_gaps, hold_gaps)
 
 
 def _classify_fast(state, mark, symbol, trade_id, t, d, now_us, lateness_us, pane_us,
-                   max_open_gaps) -> Classified:
+                   max_open_gaps, hold_gaps) -> Classified:
     """Strictly increasing new ids: no duplicates; lateness from a running max."""
     n = len(trade_id)
     hwm = state.hwm
-    gaps = []
-    if hwm is None:
-        state.floor, state.floor_time_us = int(trade_id[0]), int(t[0])
-    elif trade_id[0] > hwm + 1:
-        gaps.append(Gap(symbol, hwm + 1, int(trade_id[0]) - 1, now_us, int(t[0])))
-    for k in np.flatnonzero(d > 1).tolist():
-        gaps.append(Gap(symbol, int(trade_id[k]) + 1, int(trade_id[k + 1]) - 1, now_us,
-                        int(t[k + 1])))
-    state.hwm = int(trade_id[-1])
-    for g in gaps:
-        state.open_gap(g, max_open_gaps)
     cm = np.maximum.accumulate(t)
     prev_max = np.empty_like(cm)
     prev_max[0] = mark.max_t
     prev_max[1:] = np.maximum(cm[:-1], mark.max_t)
-    wm_before = np.maximum(prev_max - lateness_us, mark.wm)
+    wm_before = np.minimum(np.maximum(prev_max - lateness_us, mark.wm), mark.hold)
+    gaps = []
+    if hwm is None:
+        state.floor, state.floor_time_us = int(trade_id[0]), int(t[0])
+    elif trade_id[0] > hwm + 1:
+        gaps.append((0, hwm + 1))
+    gaps.extend((k + 1, int(trade_id[k]) + 1) for k in np.flatnonzero(d > 1).tolist())
+    found = []
+    for k, from_id in gaps:
+        g = Gap(symbol, from_id, int(trade_id[k]) - 1, now_us, int(t[k]),
+                hold_wm_us=int(wm_before[k]))
+        if hold_gaps and g.hold_wm_us < mark.hold:
+            mark.hold = g.hold_wm_us
+            wm_before[k:] = np.minimum(wm_before[k:], g.hold_wm_us)
+        state.open_gap(g, max_open_gaps)
+        found.append(g)
+    state.hwm = int(trade_id[-1])
     late = (t // pane_us + 1) * pane_us <= wm_before
     mark.max_t = max(mark.max_t, int(cm[-1]))
     mark.wm = mark.current(lateness_us)
-    return Classified(np.zeros(n, np.bool_), late, gaps, [])
+    return Classified(np.zeros(n, np.bool_), late, found, [])
 
 
 def _classify_slow(state, mark, symbol, trade_id, t, now_us, lateness_us, pane_us,
-                   max_open_gaps) -> Classified:
+                   max_open_gaps, hold_gaps) -> Classified:
     """Record by record. An id is new when above the high-water mark, in an open hole, below
     the floor while the stream's start is still open, or in a retired range (seen from then
     on); otherwise it is a duplicate. A new record is late when its pane is final."""
@@ -267,7 +281,8 @@ def _classify_slow(state, mark, symbol, trade_id, t, now_us, lateness_us, pane_u
     last_closed = None
     for i, tid in enumerate(trade_id.tolist()):
         ti = times[i]
-        closed = Watermark.closed_before(mark.current(lateness_us), pane_us)
+        wm = mark.current(lateness_us)
+        closed = Watermark.closed_before(wm, pane_us)
         if closed != last_closed:
             state.expire(closed)
             last_closed = closed
@@ -278,7 +293,9 @@ def _classify_slow(state, mark, symbol, trade_id, t, now_us, lateness_us, pane_u
             state.floor_time_us = ti
         elif tid > hwm:
             if tid > hwm + 1:
-                g = Gap(symbol, hwm + 1, tid - 1, now_us, ti)
+                g = Gap(symbol, hwm + 1, tid - 1, now_us, ti, hold_wm_us=wm)
+                if hold_gaps:
+                    mark.hold = min(mark.hold, wm)
                 state.open_gap(g, max_open_gaps)
                 new_gaps.append(g)
             state.hwm = tid

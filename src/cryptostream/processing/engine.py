@@ -37,6 +37,7 @@ from cryptostream.processing.cleaning import (
     MAX_TRADE_TIME_US,
     MIN_TRADE_TIME_US,
     NEG_TIME,
+    NO_HOLD,
     DedupState,
     Gap,
     Watermark,
@@ -58,6 +59,9 @@ class EngineConfig:
     max_clock_skew_us: int = 0
     spike_threshold: float = 0.02
     max_open_gaps: int = 10_000
+    #: Wall time a gap may hold its symbol's windows open while a backfill brings the
+    #: missing ids (0: never hold, as for replays, whose gaps are final).
+    gap_wait_us: int = 0
 
 
 @dataclass(slots=True)
@@ -73,6 +77,7 @@ class SymbolCounters:
     gap_trades: int = 0
     max_trade_time_us: int | None = None
     watermark_us: int | None = None
+    gaps_open: int = 0
     last_recv_skew_ms: float | None = None
 
     @property
@@ -198,12 +203,13 @@ class Processor:
         for sym, st in self.states.items():
             if st.last_arrival_us is None or st.mark.max_t == _NEG:
                 continue
+            before = st.mark.wm
+            self._refresh_hold(st, now_us)
             elapsed = now_us - st.last_arrival_us
-            if elapsed < idle_timeout_us:
-                continue
-            wm = st.mark.max_t - self.config.allowed_lateness_us + int(elapsed * speed)
-            if wm > st.mark.wm:
-                st.mark.wm = wm
+            if elapsed >= idle_timeout_us:
+                wm = st.mark.max_t - self.config.allowed_lateness_us + int(elapsed * speed)
+                st.mark.wm = max(st.mark.wm, min(wm, st.mark.hold))
+            if st.mark.wm > before:
                 self._emit(sym, st, now_us, out)
         return out
 
@@ -211,6 +217,7 @@ class Processor:
         """End of a finite input: every open window becomes final and is written."""
         out = Output()
         for sym, st in self.states.items():
+            st.mark.hold = NO_HOLD
             st.mark.wm = END_OF_TIME_US
             self._emit(sym, st, now_us, out)
         return out
@@ -254,7 +261,8 @@ class Processor:
         c.received += n
         st.last_arrival_us = now_us
         d = classify(st.dedup, st.mark, sym, b.trade_id, b.trade_time_us, now_us,
-                     cfg.allowed_lateness_us, self.pane_us, cfg.max_open_gaps)
+                     cfg.allowed_lateness_us, self.pane_us, cfg.max_open_gaps,
+                     hold_gaps=cfg.gap_wait_us > 0)
         for g in d.new_gaps:
             c.gaps += 1
             c.gap_trades += g.count
@@ -272,6 +280,7 @@ class Processor:
         if ai.size:
             self._accept(sym, st, c, b, ai, now_us, out)
         c.max_trade_time_us = st.mark.max_t if st.mark.max_t != _NEG else None
+        self._refresh_hold(st, now_us)
         self._emit(sym, st, now_us, out)
 
     def _accept(self, sym, st: SymbolState, c: SymbolCounters, b: TradeBatch, ai, now_us, out):
@@ -306,10 +315,21 @@ class Processor:
             else:
                 cur.agg(agg)
 
+    def _refresh_hold(self, st: SymbolState, now_us: int) -> None:
+        """Hold the watermark at the oldest gap still waiting for its backfill (if any)."""
+        wait = self.config.gap_wait_us
+        if wait <= 0 or st.mark.hold == NO_HOLD:
+            return
+        st.mark.hold = min((h.origin.hold_wm_us for h in st.dedup.holes
+                            if h.origin.published and now_us - h.origin.detected_at_us < wait),
+                           default=NO_HOLD)
+        st.mark.wm = st.mark.current(self.config.allowed_lateness_us)
+
     def _emit(self, sym: str, st: SymbolState, now_us: int, out: Output) -> None:
         wm = st.mark.wm
         c = self._counters(sym)
         c.watermark_us = wm if wm != _NEG else None
+        c.gaps_open = len({id(h.origin) for h in st.dedup.holes if h.origin.published})
         if wm == _NEG:
             return
         pane_us = self.pane_us
