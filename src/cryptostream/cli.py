@@ -33,12 +33,13 @@ DbOpt = Annotated[Path | None, typer.Option("--db", help="DuckDB file [default: 
 
 @app.command()
 def run(
-    source: Annotated[str | None, typer.Option(help="simulate | replay  [default: simulate]")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="binance | replay | simulate | coingecko, or binance,coingecko  [default: binance]")] = None,
     replay: Annotated[list[str] | None, typer.Option(
         "--replay", help="[SYMBOL=]FILE to replay: official trade CSV/ZIP or WebSocket JSON lines (.gz ok). Repeatable.")] = None,
-    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols for the simulator, e.g. BTCUSDT,ETHUSDT.")] = None,
+    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT [default: BTCUSDT,ETHUSDT,BNBUSDT].")] = None,
     speed: Annotated[str | None, typer.Option(help="'max' (as fast as possible) or N x real time.")] = None,
-    duration: Annotated[str | None, typer.Option(help="Simulated event time to produce, e.g. 10m (simulator).")] = None,
+    duration: Annotated[str | None, typer.Option(help="Live sources: wall time to run, then close every window and exit (e.g. 90s). Simulator: event time to produce.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed of the simulator.")] = None,
     db: DbOpt = None,
     lake: Annotated[str | None, typer.Option(help="Parquet lake folder, or 'off'. [default: data/lake]")] = None,
@@ -48,6 +49,14 @@ def run(
     idle_timeout: Annotated[str | None, typer.Option(help="Quiet time after which a symbol's watermark advances with the clock (live/paced).")] = None,
     max_clock_skew: Annotated[str | None, typer.Option(help="Max |trade time - receive time| in seconds; 0 disables.")] = None,
     spike_threshold: Annotated[float | None, typer.Option(help="Price-spike flag threshold in percent.")] = None,
+    binance_url: Annotated[str | None, typer.Option(help="Binance stream base URL [default: wss://stream.binance.com:9443; also wss://data-stream.binance.vision].")] = None,
+    binance_rest_url: Annotated[str | None, typer.Option(help="Binance REST base URL for gap backfills [default: https://api.binance.com, or the stream's host when it is 127.0.0.1].")] = None,
+    binance_stream: Annotated[str | None, typer.Option(help="trade | aggTrade  [default: trade]")] = None,
+    stale_after: Annotated[str | None, typer.Option(help="Replace a connection that sends nothing for this long [default: 30s].")] = None,
+    max_connection_age: Annotated[str | None, typer.Option(help="Rotate the connection before this age (Binance closes at 24h) [default: 23.5h].")] = None,
+    backfill_wait: Annotated[str | None, typer.Option(help="How long a trade-id gap holds its windows open for the REST backfill [default: 30s].")] = None,
+    coingecko_url: Annotated[str | None, typer.Option(help="CoinGecko API base URL (API key: $COINGECKO_API_KEY) [default: https://api.coingecko.com].")] = None,
+    coingecko_interval: Annotated[str | None, typer.Option(help="CoinGecko polling interval [default: 60s].")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar [default: when stderr is a terminal].")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -59,6 +68,10 @@ def run(
         duration_s=duration, seed=seed, db=db, lake=lake, windows=tuple(window or ()),
         allowed_lateness_s=allowed_lateness, idle_timeout_s=idle_timeout,
         max_clock_skew_s=max_clock_skew, spike_threshold_pct=spike_threshold, progress=progress,
+        binance_url=binance_url, binance_rest_url=binance_rest_url, binance_stream=binance_stream,
+        stale_after_s=stale_after, max_connection_age_s=max_connection_age,
+        backfill_wait_s=backfill_wait, coingecko_url=coingecko_url,
+        coingecko_interval_s=coingecko_interval,
     )
     show = s.progress if s.progress is not None else err.is_terminal
     bar = Progress(

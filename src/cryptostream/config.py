@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -54,7 +55,9 @@ class Settings(BaseSettings):
     )
 
     # sources
-    source: Literal["simulate", "replay"] = "simulate"
+    #: one trade source (binance | replay | simulate), optionally with coingecko beside it
+    #: ("binance,coingecko"), or coingecko alone
+    source: str = "binance"
     symbols: Annotated[tuple[str, ...], NoDecode] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
     replay: Annotated[tuple[str, ...], NoDecode] = ()
     speed: float | Literal["max"] | None = Field(
@@ -62,6 +65,16 @@ class Settings(BaseSettings):
     duration_s: float | None = None
     seed: int = 0
     sim_trades_per_s: float = 30.0
+    binance_url: str = "wss://stream.binance.com:9443"
+    #: unset: https://api.binance.com, or the stream's own host when that is a local stand-in
+    binance_rest_url: str | None = None
+    binance_stream: Literal["trade", "aggTrade"] = "trade"
+    stale_after_s: float = 30.0
+    max_connection_age_s: float = 23.5 * 3600
+    backfill_wait_s: float = 30.0
+    ws_buffer_messages: int = Field(200_000, ge=1)
+    coingecko_url: str = "https://api.coingecko.com"
+    coingecko_interval_s: float = 60.0
     # processing
     windows: Annotated[tuple[str, ...], NoDecode] = ("agg_1m=60", "agg_5m_1m=300/60")
     allowed_lateness_s: float = 2.0
@@ -81,6 +94,18 @@ class Settings(BaseSettings):
     # operation
     progress: bool | None = None
     queue_batches: int = 8
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: Any) -> Any:
+        parts = [p for p in str(v).replace(" ", "").lower().split(",") if p]
+        unknown = [p for p in parts if p not in ("binance", "replay", "simulate", "coingecko")]
+        if unknown or not parts:
+            raise ValueError(f"unknown source {unknown or v!r}: use binance, replay, simulate, "
+                             "coingecko, or a trade source with coingecko (binance,coingecko)")
+        if sum(p != "coingecko" for p in parts) > 1:
+            raise ValueError("at most one trade source (binance, replay or simulate) per run")
+        return ",".join(dict.fromkeys(parts))
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -118,7 +143,8 @@ class Settings(BaseSettings):
         return d
 
     @field_validator("allowed_lateness_s", "idle_timeout_s", "max_clock_skew_s", "flush_interval_s",
-                     "lake_interval_s", mode="before")
+                     "lake_interval_s", "stale_after_s", "max_connection_age_s", "backfill_wait_s",
+                     "coingecko_interval_s", mode="before")
     @classmethod
     def _durations(cls, v: Any) -> Any:
         d = parse_duration(v)
@@ -141,6 +167,25 @@ class Settings(BaseSettings):
         return specs
 
     @property
+    def trade_source(self) -> str | None:
+        """binance | replay | simulate, or None when only CoinGecko runs."""
+        return next((p for p in self.source.split(",") if p != "coingecko"), None)
+
+    @property
+    def coingecko(self) -> bool:
+        return "coingecko" in self.source.split(",")
+
+    @property
+    def rest_url(self) -> str:
+        """Binance REST base: as given, else the stream's host when it is a local stand-in."""
+        if self.binance_rest_url:
+            return self.binance_rest_url
+        u = urlsplit(self.binance_url)
+        if u.hostname in ("127.0.0.1", "localhost", "::1"):
+            return urlunsplit(("https" if u.scheme == "wss" else "http", u.netloc, "", "", ""))
+        return "https://api.binance.com"
+
+    @property
     def pace(self) -> float | None:
         """Event time per wall time, None = as fast as possible.
 
@@ -150,7 +195,7 @@ class Settings(BaseSettings):
         if self.speed == "max":
             return None
         if self.speed is None:
-            return 1.0 if self.source == "simulate" and self.duration_s is None else None
+            return 1.0 if self.trade_source == "simulate" and self.duration_s is None else None
         return float(self.speed)
 
     @property

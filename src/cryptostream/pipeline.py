@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptostream.config import Settings
 from cryptostream.errors import ConfigError
-from cryptostream.processing.engine import EngineConfig, Output, Processor
+from cryptostream.processing.engine import EngineConfig, Output, Processor, SymbolCounters
 from cryptostream.sinks.base import stats_rows
 from cryptostream.sinks.duckdb_sink import DuckDBSink
 from cryptostream.sinks.lake import ParquetLake
@@ -34,13 +34,24 @@ def now_us() -> int:
 
 
 def build_source(s: Settings) -> Source:
-    if s.source == "replay":
+    kind = s.trade_source
+    if kind == "binance":
+        from cryptostream.sources.binance import BinanceSource
+        from cryptostream.sources.binance_stream import StreamOptions
+
+        return BinanceSource(
+            s.symbols, ws_url=s.binance_url, rest_url=s.rest_url, stream=s.binance_stream,
+            duration_s=s.duration_s, buffer_messages=s.ws_buffer_messages,
+            options=StreamOptions(stale_after_s=s.stale_after_s,
+                                  max_connection_age_s=s.max_connection_age_s, seed=s.seed),
+        )
+    if kind == "replay":
         from cryptostream.sources.replay import ReplayFile, ReplaySource
 
         if not s.replay:
             raise ConfigError("--source replay needs at least one --replay [SYMBOL=]PATH")
         return ReplaySource([ReplayFile.parse(r) for r in s.replay], speed=s.pace)
-    if s.source == "simulate":
+    if kind == "simulate":
         from cryptostream.sources.simulator import SimulatorSource
 
         # An open-ended simulation plays "now"; one with a duration is reproducible (fixed epoch).
@@ -59,6 +70,7 @@ def engine_config(s: Settings) -> EngineConfig:
         max_clock_skew_us=int(s.max_clock_skew_s * US),
         spike_threshold=s.spike_threshold_pct / 100.0,
         max_open_gaps=s.max_open_gaps,
+        gap_wait_us=int(s.backfill_wait_s * US) if s.trade_source == "binance" else 0,
     )
 
 
@@ -87,6 +99,9 @@ class EmbeddedPipeline:
         self.s = settings
         self.source = source or build_source(settings)
         self.processor = Processor(engine_config(settings))
+        if not self.source.finite:  # live: every configured symbol shows up in the stats at once
+            for sym in settings.symbols:
+                self.processor.counters.setdefault(sym, SymbolCounters())
         self.sink = DuckDBSink(settings.db, settings.window_specs(), threads=settings.duckdb_threads)
         self.lake = ParquetLake(settings.lake, settings.window_specs()) if settings.lake else None
         self.channel = InProcessChannel(maxsize=settings.queue_batches)
@@ -144,10 +159,12 @@ class EmbeddedPipeline:
                     out = self.processor.process(item, now)
                     pending.extend(out)
                     pending_trades += len(item.trades)
-                if live:
+                if live and not self.source.catching_up():
                     pending.extend(self.processor.advance_idle(now, int(s.idle_timeout_s * US), speed))
                 due = time.monotonic() - last_flush >= s.flush_interval_s
-                if pending_trades >= s.flush_max_trades or (due and (pending_trades or pending.window_count)):
+                # live: a write every interval even when quiet, so the source's state stays fresh
+                if pending_trades >= s.flush_max_trades or (
+                        due and (pending_trades or pending.window_count or not self.source.finite)):
                     self._write(writer, pending, now)
                     pending, pending_trades = Output(), 0
                     last_flush = time.monotonic()
@@ -173,7 +190,8 @@ class EmbeddedPipeline:
         return self.summary
 
     def _write(self, writer: SinkWriter, out: Output, now: int) -> None:
-        stats = stats_rows(self.run_id, self._started_us, now, self.source.name, self.processor.counters)
+        stats = stats_rows(self.run_id, self._started_us, now, self.source.name,
+                           self.processor.counters, self.source.status())
         writer.submit(out, stats, now)
         for table, rows in out.windows.items():
             self.summary.windows[table] = self.summary.windows.get(table, 0) + len(rows)

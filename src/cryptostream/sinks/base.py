@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from cryptostream.model import AGG_COLUMNS, NO_TIME
 from cryptostream.processing.engine import Output, SymbolCounters
+from cryptostream.sources.base import SourceStatus
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -135,8 +136,21 @@ def gaps_table(output: Output) -> pa.Table | None:
 
 
 def stats_rows(run_id: str, started_us: int, now_us: int, source: str,
-               counters: dict[str, SymbolCounters]) -> list[dict]:
-    """One row per symbol of the cumulative counters of this run."""
+               counters: dict[str, SymbolCounters], status: SourceStatus | None = None) -> list[dict]:
+    """One row per symbol of the cumulative counters of this run, with the source's state
+    (the same on every row of the run: the dashboard reads any of them)."""
+    st = status or SourceStatus("unknown")
+    src = {
+        "gaps_open": 0,
+        "source_state": st.state,
+        "source_attempt": st.attempt,
+        "reconnects": st.reconnects,
+        "last_message_at_us": None if st.last_message_at is None else int(st.last_message_at * 1e6),
+        "exchange_clock_skew_ms": st.clock_skew_ms,
+        "backfill_pending": st.backfill_pending,
+        "backfilled_trades": st.backfilled_trades,
+        "source_detail": json.dumps(st.detail, default=str),
+    }
     rows = []
     for sym, c in sorted(counters.items()):
         rows.append(
@@ -158,6 +172,8 @@ def stats_rows(run_id: str, started_us: int, now_us: int, source: str,
                 "recv_skew_ms": c.last_recv_skew_ms,
                 "started_at_us": started_us,
                 "updated_at_us": now_us,
+                **src,
+                "gaps_open": c.gaps_open,
             }
         )
     return rows
@@ -171,7 +187,7 @@ def stats_table(rows: list[dict]) -> pa.Table | None:
     for k, v in cols.items():
         if k.endswith("_us"):
             out[k[:-3]] = pa.array(v, pa.int64()).cast(TS)
-        elif k == "recv_skew_ms":
+        elif k.endswith("_ms"):
             out[k] = pa.array(v, pa.float64())
         elif isinstance(v[0], str):
             out[k] = pa.array(v, pa.string())

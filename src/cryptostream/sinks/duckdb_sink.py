@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS pipeline_stats (
     max_trade_time TIMESTAMPTZ, recv_skew_ms DOUBLE, started_at TIMESTAMPTZ,
     updated_at TIMESTAMPTZ, PRIMARY KEY (run_id, symbol))
 """
+#: columns added to pipeline_stats after its first release (added to older stores on open)
+STATS_ADDED = (
+    ("gaps_open", "BIGINT"), ("source_state", "VARCHAR"), ("source_attempt", "BIGINT"), ("reconnects", "BIGINT"),
+    ("last_message_at", "TIMESTAMPTZ"), ("exchange_clock_skew_ms", "DOUBLE"),
+    ("backfill_pending", "BIGINT"), ("backfilled_trades", "BIGINT"), ("source_detail", "VARCHAR"),
+)
 
 
 def agg_ddl(table: str) -> str:
@@ -112,6 +118,8 @@ class DuckDBSink:
             self.con.execute(agg_ddl(w.table))
         for ddl in (REJECTS_DDL, GAPS_DDL, STATS_DDL):
             self.con.execute(ddl)
+        for col, typ in STATS_ADDED:
+            self.con.execute(f"ALTER TABLE pipeline_stats ADD COLUMN IF NOT EXISTS {col} {typ}")
         # id ranges stored before this run: a batch wholly outside its symbol's range cannot
         # repeat a stored trade (the processor dedups within a run), so it skips the anti-join
         self._stored_ids = {

@@ -10,16 +10,48 @@ Only a source that cannot go on at all (file missing, unreadable archive) raises
 a ``cryptostream.errors.SourceError`` whose message says what to do.
 
 ``finite`` tells the pipeline whether the stream ends (replay) or runs until stopped;
-``clock`` is the event-time pacing the source applies (``None`` for "as fast as possible"),
+``speed`` is the event-time pacing the source applies (``None`` for "as fast as possible"),
 which the pipeline uses to advance idle symbols' watermarks consistently.
+``catching_up()`` is True while the source may still deliver trades older than those it
+already delivered (reconnecting, backfilling a gap): idle watermarks must not advance
+meanwhile. ``status()`` is what the dashboard and ``cryptostream stats`` show about the
+source (never let replayed or simulated data pass for live: their state says so).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from cryptostream.model import SourceBatch
+
+
+@dataclass
+class SourceStatus:
+    """A snapshot of a source's health (times are epoch seconds)."""
+
+    #: connected | connecting | reconnecting | stopped | replay | simulated | polling
+    state: str
+    attempt: int = 0  # consecutive failed connection attempts
+    reconnects: int = 0
+    last_message_at: float | None = None
+    clock_skew_ms: float | None = None  # exchange clock - local clock
+    backfill_pending: int = 0
+    backfilled_trades: int = 0
+    detail: dict = field(default_factory=dict)  # everything else, shown as JSON
+
+
+class OfflineSource:
+    """Defaults for sources that read files or generate data (no connection to lose)."""
+
+    state = "replay"
+
+    def catching_up(self) -> bool:
+        return False
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(self.state)
 
 
 @runtime_checkable
@@ -38,4 +70,12 @@ class Source(Protocol):
     @property
     def speed(self) -> float | None:
         """Event time per wall time (1.0 = real time), or None when unpaced."""
+        ...
+
+    def catching_up(self) -> bool:
+        """True while older trades may still come (reconnecting, backfilling)."""
+        ...
+
+    def status(self) -> SourceStatus:
+        """Connection state and counters, for stats and the dashboard."""
         ...

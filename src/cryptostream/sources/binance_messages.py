@@ -29,6 +29,7 @@ import math
 import re
 from contextlib import contextmanager
 from operator import attrgetter
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -60,6 +61,8 @@ class _Payload(msgspec.Struct, gc=False):
     q: float | None = None
     T: int | None = None
     m: bool | None = None
+    # aggregate trade id of aggTrade payloads; raw, because bookTicker's "a" is a price string
+    a: Any = None
 
 
 class _Message(_Payload, gc=False):
@@ -105,19 +108,22 @@ def decode_lines(
     first_offset: int,
     recv_time_us: int | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    event: str = "trade",
 ) -> SourceBatch:
     """Decode one chunk of lines (without newlines). Blank lines are skipped, not counted,
     but keep their place: record offsets are ``first_offset`` + line index.
 
     ``recv_time_us`` stamps every record (live sockets); a recorder prefix on a line wins.
+    ``event="aggTrade"`` takes aggregate trades (id ``a``) as the trades, and plain trades
+    as ignored messages.
     """
     msgs: list[_Message | None] | None = None
     recv: list[int | None] | None = None
     if lines and max(map(len, lines)) <= max_line_bytes:
         msgs, recv = _decode_fast(lines)
     if msgs is None:
-        return _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes)
-    return _assemble(lines, msgs, recv, source, first_offset, recv_time_us, [])
+        return _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes, event)
+    return _assemble(lines, msgs, recv, source, first_offset, recv_time_us, [], event)
 
 
 def _decode_fast(lines: list[bytes]):
@@ -138,7 +144,8 @@ def _decode_fast(lines: list[bytes]):
 _PREFIX_NS_ALL = re.compile(rb"(?m)^(\d{12,20}) ")
 
 
-def _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes) -> SourceBatch:
+def _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes,
+                 event: str = "trade") -> SourceBatch:
     msgs: list[_Message | None] = []
     recv: list[int | None] = []
     rejects: list[Rejected] = []
@@ -161,7 +168,7 @@ def _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes) -> S
             recv.append(rt)
             continue
         except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
-            reason, detail = _classify_invalid(body, exc)
+            reason, detail = _classify_invalid(body, exc, event)
         except msgspec.DecodeError as exc:
             reason, detail = RejectReason.DECODE_ERROR, str(exc)
         if reason is None:  # valid JSON, not a trade (e.g. a list, or a REST snapshot)
@@ -171,17 +178,17 @@ def _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes) -> S
         rejects.append(_reject(source, off, reason, detail, line, symbol_of(body)))
         msgs.append(None)
         recv.append(None)
-    return _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects)
+    return _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects, event)
 
 
-def _classify_invalid(body: bytes, exc: Exception):
+def _classify_invalid(body: bytes, exc: Exception, event: str = "trade"):
     """A line that is JSON but does not fit the message shape: bad type, or not a trade."""
     try:
         obj = _DECODE_ANY.decode(body)
     except msgspec.DecodeError as e2:  # pragma: no cover - decoded once already
         return RejectReason.DECODE_ERROR, str(e2)
     payload = obj.get("data", obj) if isinstance(obj, dict) else None
-    if not isinstance(payload, dict) or payload.get("e") != "trade":
+    if not isinstance(payload, dict) or payload.get("e") != event:
         return None, ""
     return RejectReason.BAD_TYPE, str(exc)
 
@@ -199,10 +206,12 @@ def _reject(source, off, reason, detail, line: bytes, symbol: str = "") -> Rejec
     return Rejected(source, off, symbol, reason, detail[:500], raw)
 
 
-_GET = {name: attrgetter(name) for name in ("data", "e", "s", "t", "p", "q", "T", "m", "E", "stream")}
+_GET = {name: attrgetter(name)
+        for name in ("data", "e", "s", "t", "a", "p", "q", "T", "m", "E", "stream")}
 
 
-def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects) -> SourceBatch:
+def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects,
+              event: str = "trade") -> SourceBatch:
     ignored: dict[str, int] = {}
     # Normalise to payloads: combined-stream messages carry theirs in ``data``.
     datas = list(map(_GET["data"], msgs)) if None not in msgs else None
@@ -212,12 +221,12 @@ def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects) ->
         payloads = [None if m is None else (m.data if m.data is not None else m) for m in msgs]
     kinds = [None if d is None else d.e for d in payloads] if None in payloads \
         else list(map(_GET["e"], payloads))
-    if kinds.count("trade") == len(kinds):
+    if kinds.count(event) == len(kinds):
         keep = None
     else:
-        keep = [i for i, k in enumerate(kinds) if k == "trade"]
+        keep = [i for i, k in enumerate(kinds) if k == event]
         for i, k in enumerate(kinds):
-            if k != "trade" and msgs[i] is not None:
+            if k != event and msgs[i] is not None:
                 m, d = msgs[i], payloads[i]
                 sym = d.s or (m.stream.split("@", 1)[0].upper() if m.stream else "")
                 ignored[sym] = ignored.get(sym, 0) + 1
@@ -227,7 +236,10 @@ def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects) ->
         return SourceBatch(TradeBatch.empty(source), rejects, ignored)
     status = np.zeros(n, np.uint8)
     missing = REASON_INDEX[RejectReason.MISSING_FIELD]
-    col = {k: list(map(_GET[k], payloads)) for k in ("s", "t", "p", "q", "T", "m", "E")}
+    id_key = "a" if event == "aggTrade" else "t"
+    col = {k: list(map(_GET[k], payloads)) for k in ("s", id_key, "p", "q", "T", "m", "E")}
+    if id_key == "a":
+        col["t"] = [_raw_int(v) for v in col["a"]]
     symbols = col["s"]
     if None in symbols:
         status[[i for i, v in enumerate(symbols) if v is None]] = missing
@@ -271,6 +283,10 @@ def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects) ->
         raw=lines if keep is None else [lines[i] for i in keep],
     )
     return SourceBatch(batch, rejects, ignored)
+
+
+def _raw_int(v: Any) -> int | None:
+    return v if type(v) is int else None
 
 
 def _ints(values: list, status: np.ndarray, code: int) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 
 from cryptostream.errors import SourceError
 from cryptostream.model import SYMBOL_RE, SourceBatch, SymbolCodes
+from cryptostream.sources.base import OfflineSource
 from cryptostream.sources.trade_csv import read_trade_csv, symbol_from_filename
 from cryptostream.sources.ws_columnar import ColumnarDecoder
 
@@ -77,7 +78,7 @@ def _first_line(path: Path) -> bytes:
     return b""
 
 
-class ReplaySource:
+class ReplaySource(OfflineSource):
     """Replays files; see the module docstring. Implements the ``Source`` protocol."""
 
     finite = True

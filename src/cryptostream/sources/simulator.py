@@ -24,6 +24,7 @@ from os import PathLike
 import numpy as np
 
 from cryptostream.model import NO_TIME, US_PER_MS, US_PER_S, SourceBatch, TradeBatch
+from cryptostream.sources.base import OfflineSource
 
 #: Default start of simulated event time: 2024-08-08T00:00:00Z, in microseconds.
 DEFAULT_START_US = 1_723_075_200 * US_PER_S
@@ -223,7 +224,7 @@ def simulate_arrays(
     return _take(arrays, slice(0, stop))
 
 
-class SimulatorSource:
+class SimulatorSource(OfflineSource):
     """A simulated market as a ``Source``: batches of several symbols in trade-time order.
 
     >>> src = SimulatorSource(["BTCUSDT", "ETHUSDT"], seed=7, duration_s=30)
@@ -233,6 +234,8 @@ class SimulatorSource:
     >>> int(batches[-1].trades.offset[-1]) + 1 == sum(len(b.trades) for b in batches)
     True
     """
+
+    state = "simulated"
 
     def __init__(
         self, symbols: Sequence[str], seed: int = 0, duration_s: float | None = None,

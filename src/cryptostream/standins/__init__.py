@@ -1,0 +1,1 @@
+"""Local stand-ins for exchange servers, for integration tests and offline demos."""
