@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the package with its extras and dev tools
 
-run: $(STAMP)  ## run the pipeline with its defaults (simulated market until the live source lands)
-	$(BIN)/cryptostream run $(ARGS)
+BINANCE_URL ?=
+run: $(STAMP)  ## the live Binance pipeline (BINANCE_URL=ws://127.0.0.1:PORT for a local fake-binance)
+	$(BIN)/cryptostream run $(if $(BINANCE_URL),--binance-url $(BINANCE_URL)) $(ARGS)
 
 test: $(STAMP)  ## run every test
 	$(BIN)/python -m pytest $(ARGS)

@@ -181,6 +181,42 @@ def stats(
     out.print(t)
 
 
+@app.command()
+def record(
+    out_file: Annotated[Path, typer.Option("--out", help="Output file: <ns> <json> lines (.gz compresses).")],
+    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols [default: BTCUSDT,ETHUSDT,BNBUSDT].")] = None,
+    binance_url: Annotated[str | None, typer.Option(help="Binance stream base URL [default: wss://stream.binance.com:9443].")] = None,
+    binance_stream: Annotated[str | None, typer.Option(help="trade | aggTrade  [default: trade]")] = None,
+    duration: Annotated[str | None, typer.Option(help="Stop after this wall time (e.g. 10m); default: until Ctrl-C.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Record raw Binance messages with their receive time, for `run --source replay`."""
+    import signal
+    import threading
+
+    from cryptostream.sources.binance_stream import StreamOptions
+    from cryptostream.sources.recorder import record as record_stream
+
+    s = load_settings(config, symbols=symbols, binance_url=binance_url,
+                      binance_stream=binance_stream, duration_s=duration)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(f"recording {', '.join(s.symbols)} @{s.binance_stream} from {s.binance_url} -> {out_file}")
+    with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  disable=not err.is_terminal) as bar:
+        task = bar.add_task("connecting")
+
+        def show(sm, st) -> None:
+            bar.update(task, description=f"{st.state}: {sm.messages:,} messages, {sm.bytes / 1e6:,.1f} MB, "
+                                         f"{sm.reconnects} reconnects")
+
+        sm = record_stream(s.binance_url, s.symbols, out_file, s.binance_stream, s.duration_s, stop,
+                           StreamOptions(stale_after_s=s.stale_after_s, seed=s.seed), show)
+    err.print(f"wrote {sm.messages:,} messages ({sm.bytes / 1e6:,.1f} MB) in {sm.seconds:.1f} s "
+              f"to {out_file}; {sm.reconnects} reconnects")
+
+
 def main() -> None:
     try:
         app()

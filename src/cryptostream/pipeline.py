@@ -8,6 +8,7 @@ processes read the DuckDB file while this process owns it.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ from cryptostream.sinks.base import stats_rows
 from cryptostream.sinks.duckdb_sink import DuckDBSink
 from cryptostream.sinks.lake import ParquetLake
 from cryptostream.sinks.writer import SinkWriter
-from cryptostream.sources.base import Source
+from cryptostream.sources.base import NoTrades, Source
 from cryptostream.transport.channel import InProcessChannel
 
 US = 1_000_000
@@ -35,6 +36,8 @@ def now_us() -> int:
 
 def build_source(s: Settings) -> Source:
     kind = s.trade_source
+    if kind is None:
+        return NoTrades(s.duration_s)
     if kind == "binance":
         from cryptostream.sources.binance import BinanceSource
         from cryptostream.sources.binance_stream import StreamOptions
@@ -61,6 +64,49 @@ def build_source(s: Settings) -> Source:
             trades_per_s=s.sim_trades_per_s, start_time_us=start,
         )
     raise ConfigError(f"unknown source {s.source!r}")
+
+
+class ReferenceFeed:
+    """Runs the CoinGecko poller in a thread; the main loop takes its ticks with ``drain``."""
+
+    def __init__(self, s: Settings):
+        from cryptostream.sources.coingecko import CoinGeckoPoller, assets_for
+
+        assets = assets_for(s.symbols)
+        if not assets:
+            raise ConfigError(f"none of {', '.join(s.symbols)} has a known CoinGecko id")
+        self.poller = CoinGeckoPoller(assets, base_url=s.coingecko_url,
+                                      interval_s=s.coingecko_interval_s,
+                                      api_key=os.environ.get("COINGECKO_API_KEY") or None,
+                                      seed=s.seed)
+        self._ticks: list = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="coingecko", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for ticks in self.poller.run(self._stop):
+                with self._lock:
+                    self._ticks.extend(ticks)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the pipeline's main loop
+            self.error = exc
+
+    def drain(self) -> list:
+        if self.error is not None:
+            raise self.error
+        with self._lock:
+            ticks, self._ticks = self._ticks, []
+        return ticks
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+        self.poller.close()
 
 
 def engine_config(s: Settings) -> EngineConfig:
@@ -105,6 +151,7 @@ class EmbeddedPipeline:
         self.sink = DuckDBSink(settings.db, settings.window_specs(), threads=settings.duckdb_threads)
         self.lake = ParquetLake(settings.lake, settings.window_specs()) if settings.lake else None
         self.channel = InProcessChannel(maxsize=settings.queue_batches)
+        self.reference = ReferenceFeed(settings) if settings.coingecko else None
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self.summary = RunSummary(self.run_id)
         self.on_progress = on_progress
@@ -144,6 +191,8 @@ class EmbeddedPipeline:
         t0 = time.monotonic()
         producer = threading.Thread(target=self._produce, name="source", daemon=True)
         producer.start()
+        if self.reference:
+            self.reference.start()
         pending = Output()
         pending_trades = 0
         last_flush = time.monotonic()
@@ -159,12 +208,15 @@ class EmbeddedPipeline:
                     out = self.processor.process(item, now)
                     pending.extend(out)
                     pending_trades += len(item.trades)
+                if self.reference:
+                    pending.reference_prices.extend(self.reference.drain())
                 if live and not self.source.catching_up():
                     pending.extend(self.processor.advance_idle(now, int(s.idle_timeout_s * US), speed))
                 due = time.monotonic() - last_flush >= s.flush_interval_s
                 # live: a write every interval even when quiet, so the source's state stays fresh
                 if pending_trades >= s.flush_max_trades or (
-                        due and (pending_trades or pending.window_count or not self.source.finite)):
+                        due and (pending_trades or pending.window_count or not self.source.finite
+                                 or pending.reference_prices)):
                     self._write(writer, pending, now)
                     pending, pending_trades = Output(), 0
                     last_flush = time.monotonic()
@@ -177,6 +229,8 @@ class EmbeddedPipeline:
             writer.close()
         finally:
             self.source.close()
+            if self.reference:
+                self.reference.stop()
             writer.abort()  # after an error: let a write in flight finish, write nothing more
             if server:
                 # readers keep using the endpoint while the store checkpoints; once it is

@@ -343,6 +343,14 @@ def test_run_caps_retry_after_and_backoff_at_max_backoff_s():
     assert gaps[-1] >= 10.0  # ceiling reached: at least half of max_backoff_s
 
 
+def test_run_backs_off_when_retry_after_is_zero():
+    stop, clock = threading.Event(), FakeTime()
+    responses = [httpx.Response(429, headers={"Retry-After": "0"}), ok()]
+    poller, calls = make_poller(responses, stop=stop, clock=clock, min_backoff_s=4.0)
+    assert len(list(poller.run(stop))) == 1
+    assert 2.0 <= request_gaps(calls)[0] <= 4.0
+
+
 def test_run_raises_what_waiting_cannot_fix():
     stop = threading.Event()
     poller, calls = make_poller([httpx.Response(500), httpx.Response(401), ok()],

@@ -129,9 +129,12 @@ class Output:
     rejects: list[Rejected] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
     windows: dict[str, list[dict]] = field(default_factory=dict)
+    #: reference ticks polled beside the trades (CoinGecko), passed through to the sinks
+    reference_prices: list = field(default_factory=list)
 
     def extend(self, other: Output) -> None:
         self.trades.extend(other.trades)
+        self.reference_prices.extend(other.reference_prices)
         self.rejects.extend(other.rejects)
         self.gaps.extend(other.gaps)
         for table, rows in other.windows.items():

@@ -135,6 +135,24 @@ def gaps_table(output: Output) -> pa.Table | None:
     )
 
 
+def reference_table(output: Output) -> pa.Table | None:
+    """CoinGecko ticks (``ReferenceTick``), one row per (asset, symbol, last_updated_at)."""
+    r = output.reference_prices
+    if not r:
+        return None
+    return pa.table(
+        {
+            "asset": pa.array([x.asset for x in r], pa.string()),
+            "symbol": pa.array([x.symbol for x in r], pa.string()),
+            "price_usd": pa.array([x.price_usd for x in r], pa.float64()),
+            "volume_24h": pa.array([x.volume_24h for x in r], pa.float64()),
+            "change_24h": pa.array([x.change_24h for x in r], pa.float64()),
+            "last_updated_at": pa.array([x.last_updated_at_s * 1_000_000 for x in r], pa.int64()).cast(TS),
+            "received_at": pa.array([x.received_at_us for x in r], pa.int64()).cast(TS),
+        }
+    )
+
+
 def stats_rows(run_id: str, started_us: int, now_us: int, source: str,
                counters: dict[str, SymbolCounters], status: SourceStatus | None = None) -> list[dict]:
     """One row per symbol of the cumulative counters of this run, with the source's state

@@ -27,6 +27,7 @@ from cryptostream.model import AGG_COLUMNS, TRADE_COLUMNS, WindowSpec
 from cryptostream.processing.engine import Output
 from cryptostream.sinks.base import (
     gaps_table,
+    reference_table,
     rejects_table,
     stats_table,
     trades_table,
@@ -57,6 +58,12 @@ CREATE TABLE IF NOT EXISTS pipeline_stats (
     gaps BIGINT, gap_trades BIGINT, rejected_by_reason VARCHAR, watermark TIMESTAMPTZ,
     max_trade_time TIMESTAMPTZ, recv_skew_ms DOUBLE, started_at TIMESTAMPTZ,
     updated_at TIMESTAMPTZ, PRIMARY KEY (run_id, symbol))
+"""
+REFERENCE_DDL = """
+CREATE TABLE IF NOT EXISTS reference_prices (
+    asset VARCHAR NOT NULL, symbol VARCHAR NOT NULL, price_usd DOUBLE, volume_24h DOUBLE,
+    change_24h DOUBLE, last_updated_at TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ,
+    PRIMARY KEY (asset, symbol, last_updated_at))
 """
 #: columns added to pipeline_stats after its first release (added to older stores on open)
 STATS_ADDED = (
@@ -116,7 +123,7 @@ class DuckDBSink:
         self.con.execute(trades_ddl())
         for w in self.windows:
             self.con.execute(agg_ddl(w.table))
-        for ddl in (REJECTS_DDL, GAPS_DDL, STATS_DDL):
+        for ddl in (REJECTS_DDL, GAPS_DDL, STATS_DDL, REFERENCE_DDL):
             self.con.execute(ddl)
         for col, typ in STATS_ADDED:
             self.con.execute(f"ALTER TABLE pipeline_stats ADD COLUMN IF NOT EXISTS {col} {typ}")
@@ -136,6 +143,7 @@ class DuckDBSink:
         rejects = rejects_table(output, now_us)
         gaps = gaps_table(output)
         stat = stats_table(stats)
+        ref = reference_table(output)
         with self.lock:
             con.execute("BEGIN")
             try:
@@ -150,6 +158,9 @@ class DuckDBSink:
                 if gaps is not None:
                     self._run("INSERT INTO gaps SELECT * FROM batch ON CONFLICT (symbol, from_id) "
                               "DO UPDATE SET filled = excluded.filled", gaps)
+                if ref is not None:  # a poll repeating an unchanged tick is not stored twice
+                    self._run("INSERT INTO reference_prices SELECT * FROM batch "
+                              "ON CONFLICT (asset, symbol, last_updated_at) DO NOTHING", ref)
                 if stat is not None:
                     self._run(_upsert_sql("pipeline_stats", stat.column_names,
                                           ("run_id", "symbol"), None), stat)

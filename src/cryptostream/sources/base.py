@@ -20,6 +20,7 @@ source (never let replayed or simulated data pass for live: their state says so)
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -79,3 +80,27 @@ class Source(Protocol):
     def status(self) -> SourceStatus:
         """Connection state and counters, for stats and the dashboard."""
         ...
+
+
+class NoTrades(OfflineSource):
+    """The trade source of a run that only polls reference prices: yields nothing until closed."""
+
+    name = "none"
+    finite = False
+    state = "polling"
+
+    def __init__(self, duration_s: float | None = None) -> None:
+        self._closed = threading.Event()
+        self.duration_s = duration_s
+
+    @property
+    def speed(self) -> float | None:
+        return 1.0
+
+    def batches(self) -> Iterator[SourceBatch]:
+        self._closed.wait(self.duration_s)
+        return
+        yield
+
+    def close(self) -> None:
+        self._closed.set()

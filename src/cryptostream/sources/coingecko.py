@@ -108,10 +108,9 @@ class CoinGeckoRateLimited(CoinGeckoError):
     """HTTP 429; ``retry_after_s`` is how long CoinGecko asked to wait (None: it did not say)."""
 
     def __init__(self, retry_after_s: float | None, message: str | None = None):
-        wait = "its Retry-After" if retry_after_s is None else f"{retry_after_s:g} s"
-        super().__init__(
-            message or f"CoinGecko rate limit hit (HTTP 429); wait {wait} before the next call",
-            retryable=True, status_code=429)
+        wait = "" if retry_after_s is None else f" {retry_after_s:g} s"
+        super().__init__(message or f"CoinGecko rate limit hit (HTTP 429); wait{wait} before the "
+                         "next call", retryable=True, status_code=429)
         self.retry_after_s = retry_after_s
 
 
@@ -125,12 +124,8 @@ def assets_for(symbols: Sequence[str], extra: Mapping[str, str] | None = None) -
     {'PEPEUSDT': 'pepe'}
     """
     table = {**DEFAULT_ASSETS, **{k.strip().upper(): v for k, v in (extra or {}).items()}}
-    found = {}
-    for symbol in symbols:
-        key = symbol.strip().upper()
-        if table.get(key):
-            found[key] = table[key]
-    return found
+    keys = (symbol.strip().upper() for symbol in symbols)
+    return {key: table[key] for key in keys if table.get(key)}
 
 
 def _number(entry: Mapping, key: str, *, required: bool, positive: bool = False) -> float | None:
@@ -379,7 +374,7 @@ class CoinGeckoPoller:
 
     def _retry_delay_s(self, exc: CoinGeckoError) -> float:
         retry_after_s = getattr(exc, "retry_after_s", None)
-        if retry_after_s is not None:
+        if retry_after_s:  # a missing, zero or past Retry-After gives no pace: back off instead
             return min(self._max_backoff_s, retry_after_s)
         with self._lock:
             failures = self._status.consecutive_failures
