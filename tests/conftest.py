@@ -175,3 +175,27 @@ def cs() -> type[Helpers]:
 def workspace(tmp_path: Path) -> Workspace:
     """A fresh working directory holding ``store.duckdb`` and ``lake/``."""
     return Workspace(tmp_path)
+
+
+@pytest.fixture
+def fake_binance():
+    """Factory of running Binance stand-ins: ``fake_binance(recordings, **options)`` starts a
+    :class:`~cryptostream.standins.binance.FakeBinance` (options are ``FakeOptions`` fields,
+    plus ``host`` / ``port``) in a background thread; every one is stopped at teardown."""
+    import contextlib
+
+    from cryptostream.standins.binance import FakeBinance, FakeOptions
+
+    with contextlib.ExitStack() as stack:
+
+        def start(recordings, **options) -> FakeBinance:
+            host = options.pop("host", "127.0.0.1")
+            port = options.pop("port", 0)
+            if isinstance(recordings, (str, os.PathLike)):
+                recordings = [recordings]
+            server = FakeBinance([str(r) for r in recordings], FakeOptions(**options),
+                                 host=host, port=port)
+            stack.enter_context(server.running())
+            return server
+
+        yield start

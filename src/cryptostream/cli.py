@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -217,11 +218,20 @@ def record(
               f"to {out_file}; {sm.reconnects} reconnects")
 
 
+def _register_standins() -> None:
+    from cryptostream.standins.commands import register
+
+    register(app)
+
+
+_register_standins()
+
+
 def main() -> None:
     try:
         app()
     except CryptoStreamError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(exc.exit_code)
 
 

@@ -146,6 +146,8 @@ class SymbolData:
 # -- loading --------------------------------------------------------------------------------
 def load_recordings(specs: Iterable[str | Path]) -> dict[str, SymbolData]:
     """Load every recording; the symbols in name order. Raises SourceError when unusable."""
+    if isinstance(specs, (str, Path)):
+        specs = [specs]  # one path, not a sequence of characters
     recordings = [Recording.parse(s) for s in specs]
     if not recordings:
         raise SourceError("fake-binance needs at least one recording: --recording [SYMBOL=]FILE")

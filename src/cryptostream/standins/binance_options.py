@@ -97,8 +97,9 @@ class FakeStats:
     """Counters of one stand-in, updated by its event loop (read them from any thread).
 
     ``connections_closed`` counts closes by reason: ``drop``, ``rate``, ``age``,
-    ``shutdown``, ``pong_timeout``, ``slow`` (a client that cannot keep up), ``client``
-    (the client closed or went away) and ``server_stop``. ``withheld`` holds, per symbol,
+    ``shutdown``, ``pong_timeout``, ``slow`` (a client that cannot keep up), ``error`` (a
+    bug in the stand-in, logged), ``client`` (the client closed or went away) and
+    ``server_stop``. ``withheld`` holds, per symbol,
     the ``(from_id, to_id)`` ranges the ``gap_every`` fault kept off the streams so far.
     """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -23,14 +24,18 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from cryptostream.standins.binance_options import FakeOptions, FakeStats
 
 #: Market-data messages a client may have queued before it is cut off as too slow.
 MAX_PENDING = 200_000
+#: Seconds a close decided by the server may wait behind the queue before the TCP drop.
+CLOSE_DEADLINE_S = 10.0
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _STREAM = re.compile(r"^[A-Za-z0-9!_@.\-]{1,200}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9\-]{1,36}$")
+_LOG = logging.getLogger(__name__)
 _MALFORMED_KINDS = ("truncated", "bad_type", "missing_field", "not_json")
 _ID_FIELD = re.compile(r'"([ta])":(\d+)')
 _PRICE_FIELD = re.compile(r'"p":"[^"]*",')
@@ -55,6 +60,16 @@ def parse_ws_path(target: str) -> tuple[bool, list[str]] | None:
                 streams += [s for s in value.split("/") if s]
         return True, streams
     return None
+
+
+def valid_stream(name: object) -> bool:
+    """Whether ``name`` can be a stream name (any such name is accepted; only the trade and
+    aggTrade streams of the recorded symbols ever carry data).
+
+    >>> valid_stream("btcusdt@trade"), valid_stream("btc usdt"), valid_stream(3)
+    (True, False, False)
+    """
+    return isinstance(name, str) and bool(_STREAM.match(name))
 
 
 class FakeConnection(ServerConnection):
@@ -82,7 +97,7 @@ class FakeConnection(ServerConnection):
 class StreamMessage:
     """One market-data event for one stream, serialised once for all its subscribers."""
 
-    __slots__ = ("stream", "payload", "_combined")
+    __slots__ = ("_combined", "payload", "stream")
 
     def __init__(self, stream: str, payload: str):
         self.stream = stream
@@ -208,7 +223,7 @@ class Session:
         self.streams.clear()
 
     def _refusal(self, streams: list[Any]) -> str | None:
-        if any(not isinstance(s, str) or not _STREAM.match(s) for s in streams):
+        if not all(valid_stream(s) for s in streams):
             return "Invalid request: invalid stream"
         new = {s for s in streams if s not in self.streams}
         limit = self.options.max_streams_per_connection
@@ -279,6 +294,12 @@ class Session:
         if self.close_reason is None:
             self.close_reason = why
             self.queue.put_nowait((code, reason))
+            # a client that reads nothing would keep the close behind its queue: cut it off
+            self._loop.call_later(CLOSE_DEADLINE_S, self._force_close)
+
+    def _force_close(self) -> None:
+        if self.ws.state is not State.CLOSED:
+            self.ws.transport.abort()
 
     def abort(self, why: str) -> None:
         """Drop the TCP connection at once, without a close frame (like a network failure)."""
@@ -300,6 +321,9 @@ class Session:
                     return
         except ConnectionClosed:
             return
+        except Exception:  # noqa: BLE001 - a bug must not leave the client waiting forever
+            _LOG.exception("fake-binance: sending to %s failed", self.ws.remote_address)
+            self.abort("error")
 
     async def _send_market(self, msg: StreamMessage) -> None:
         o = self.options
@@ -356,11 +380,19 @@ class Session:
         if o.shutdown_after_s is None:
             return
         await asyncio.sleep(o.shutdown_after_s)
+        self.announce_shutdown(o.shutdown_grace_s)
+
+    def announce_shutdown(self, grace_s: float) -> None:
+        """Send ``serverShutdown`` now and close the connection ``grace_s`` later."""
         if self.close_reason is None:
             notice = {"e": "serverShutdown", "E": self.now_ms()}
             self.queue.put_nowait(json.dumps(notice, separators=(",", ":")))
-        await asyncio.sleep(o.shutdown_grace_s)
-        self.close_later(1001, "server shutdown", "shutdown")
+        self._loop.call_later(grace_s, self.close_later, 1001, "server shutdown", "shutdown")
+
+    def stall(self, seconds: float) -> None:
+        """Send no market data for ``seconds`` (what happens meanwhile is skipped)."""
+        self._stall_until = self._loop.time() + seconds
+        self.stats.stalls += 1
 
 
 def _valid_id(rid: Any) -> bool:
