@@ -86,7 +86,7 @@ def test_live_run_with_every_fault_stores_what_a_clean_replay_stores(cs, workspa
         fake.fail_rest(2, 429, retry_after_s=1.0)  # backfills must wait as told, then go on
         fake.fail_rest(1, 418, retry_after_s=1.0)
         _wait_for(lambda: fake.finished, 60, "the end of the recording")
-        out, err = client.communicate(timeout=90)
+        _out, err = client.communicate(timeout=90)
     finally:
         if client.poll() is None:
             client.kill()
