@@ -58,6 +58,7 @@ def run(
     backfill_wait: Annotated[str | None, typer.Option(help="How long a trade-id gap holds its windows open for the REST backfill [default: 30s].")] = None,
     coingecko_url: Annotated[str | None, typer.Option(help="CoinGecko API base URL (API key: $COINGECKO_API_KEY) [default: https://api.coingecko.com].")] = None,
     coingecko_interval: Annotated[str | None, typer.Option(help="CoinGecko polling interval [default: 60s].")] = None,
+    flush_interval: Annotated[str | None, typer.Option(help="Write to the store at least this often [default: 25ms live, 1s otherwise].")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar [default: when stderr is a terminal].")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -72,7 +73,7 @@ def run(
         binance_url=binance_url, binance_rest_url=binance_rest_url, binance_stream=binance_stream,
         stale_after_s=stale_after, max_connection_age_s=max_connection_age,
         backfill_wait_s=backfill_wait, coingecko_url=coingecko_url,
-        coingecko_interval_s=coingecko_interval,
+        coingecko_interval_s=coingecko_interval, flush_interval_s=flush_interval,
     )
     show = s.progress if s.progress is not None else err.is_terminal
     bar = Progress(

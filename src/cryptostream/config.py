@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     # storage
     db: Path = Path("data/cryptostream.duckdb")
     lake: Path | None = Path("data/lake")
-    flush_interval_s: float = 1.0
+    #: unset: 25 ms for the live Binance source (trades queryable at once), 1 s otherwise
+    flush_interval_s: float | None = None
     flush_max_trades: int = 500_000
     lake_interval_s: float = 60.0
     serve_queries: bool = True
@@ -142,7 +143,15 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive duration")
         return d
 
-    @field_validator("allowed_lateness_s", "idle_timeout_s", "max_clock_skew_s", "flush_interval_s",
+    @field_validator("flush_interval_s", mode="before")
+    @classmethod
+    def _optional_duration(cls, v: Any) -> Any:
+        d = parse_duration(v)
+        if d is not None and d < 0:
+            raise ValueError("must be a duration >= 0")
+        return d
+
+    @field_validator("allowed_lateness_s", "idle_timeout_s", "max_clock_skew_s",
                      "lake_interval_s", "stale_after_s", "max_connection_age_s", "backfill_wait_s",
                      "coingecko_interval_s", mode="before")
     @classmethod
@@ -165,6 +174,12 @@ class Settings(BaseSettings):
         if len({s.table for s in specs}) != len(specs):
             raise ConfigError("window tables must have distinct names")
         return specs
+
+    @property
+    def flush_every_s(self) -> float:
+        if self.flush_interval_s is not None:
+            return self.flush_interval_s
+        return 0.025 if self.trade_source == "binance" else 1.0
 
     @property
     def trade_source(self) -> str | None:

@@ -1,7 +1,8 @@
 """Wires the embedded pipeline: source thread -> channel -> processor -> sinks (no domain logic).
 
 The source runs in its own thread and feeds a bounded channel (backpressure); the calling
-thread processes batches and writes to the sinks every ``flush_interval_s`` or
+thread processes batches and writes to the sinks every ``flush_interval_s`` (live sources:
+25 ms, so a trade is queryable within tens of milliseconds) or
 ``flush_max_trades`` trades, whichever comes first. A read-only query endpoint lets other
 processes read the DuckDB file while this process owns it.
 """
@@ -28,6 +29,7 @@ from cryptostream.sources.base import NoTrades, Source
 from cryptostream.transport.channel import InProcessChannel
 
 US = 1_000_000
+HEARTBEAT_S = 1.0
 
 
 def now_us() -> int:
@@ -199,8 +201,12 @@ class EmbeddedPipeline:
         live = not self.source.finite or self.source.speed is not None
         speed = self.source.speed or 1.0
         try:
+            interval = s.flush_every_s
             while True:
-                item = self.channel.get(timeout_s=0.2)
+                wait = 0.2
+                if pending_trades or pending.window_count:  # wake up when the flush is due
+                    wait = min(wait, max(0.0, interval - (time.monotonic() - last_flush)))
+                item = self.channel.get(timeout_s=wait)
                 now = now_us()
                 if item is None:
                     break
@@ -212,11 +218,11 @@ class EmbeddedPipeline:
                     pending.reference_prices.extend(self.reference.drain())
                 if live and not self.source.catching_up():
                     pending.extend(self.processor.advance_idle(now, int(s.idle_timeout_s * US), speed))
-                due = time.monotonic() - last_flush >= s.flush_interval_s
-                # live: a write every interval even when quiet, so the source's state stays fresh
-                if pending_trades >= s.flush_max_trades or (
-                        due and (pending_trades or pending.window_count or not self.source.finite
-                                 or pending.reference_prices)):
+                since = time.monotonic() - last_flush
+                has_data = pending_trades or pending.window_count or pending.reference_prices
+                # live: a write at least every second even when quiet (the source's state)
+                heartbeat = not self.source.finite and since >= HEARTBEAT_S
+                if pending_trades >= s.flush_max_trades or (since >= interval and has_data) or heartbeat:
                     self._write(writer, pending, now)
                     pending, pending_trades = Output(), 0
                     last_flush = time.monotonic()
