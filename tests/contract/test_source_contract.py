@@ -33,24 +33,44 @@ def _simulator() -> Source:
     return SimulatorSource(["BTCUSDT", "ETHUSDT"], seed=3, duration_s=120)
 
 
+def _binance_live(fake_binance) -> Source:
+    """The live source against a fresh stand-in (its clock starts at the subscription)."""
+    from cryptostream.sources.binance import BinanceSource
+
+    fake = fake_binance([REAL / "btcusdt-trade-stream.jsonl", REAL / "ethusdt-trade-stream.jsonl"],
+                        speed=20.0)
+    return BinanceSource(["BTCUSDT", "ETHUSDT"], ws_url=fake.ws_url, rest_url=fake.rest_url,
+                         duration_s=3.0)
+
+
 SOURCES = {
     "replay-csv": _replay_csv,
     "replay-ws-raw": _replay_ws_raw,
     "replay-paced": _replay_paced,
     "simulator": _simulator,
+    "binance-live": _binance_live,
 }
+#: live sources do not replay the same trades twice: what arrives depends on when
+REPRODUCIBLE = {"replay-csv", "replay-ws-raw", "replay-paced", "simulator"}
 
 
 @pytest.fixture(params=sorted(SOURCES))
 def make_source(request):
-    return SOURCES[request.param]
+    factory = SOURCES[request.param]
+    if request.param == "binance-live":
+        fake_binance = request.getfixturevalue("fake_binance")
+        return lambda: factory(fake_binance)
+    return factory
 
 
 def test_is_a_source(make_source):
     src = make_source()
     assert isinstance(src, Source)
-    assert src.finite is True
+    assert isinstance(src.finite, bool)
     assert src.speed is None or src.speed > 0
+    st = src.status()
+    assert st.state in ("connecting", "replay", "simulated")  # nothing started yet
+    assert src.catching_up() in (True, False)
 
 
 def test_batches_are_well_formed_columns(make_source):
@@ -88,7 +108,10 @@ def test_close_is_idempotent_and_stops_iteration(make_source):
     assert sum(1 for _ in it) <= 1  # at most the batch already in flight
 
 
-def test_same_source_twice_gives_same_trades(make_source):
+@pytest.mark.parametrize("name", sorted(REPRODUCIBLE))
+def test_same_source_twice_gives_same_trades(name):
+    make_source = SOURCES[name]
+
     def ids(src):
         return np.concatenate([sb.trades.trade_id for sb in src.batches()])
 
