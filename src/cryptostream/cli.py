@@ -158,29 +158,56 @@ def stats(
     table = run_query(
         s.db,
         "SELECT symbol, received, accepted, rejected, duplicates, ignored, late, gaps, gap_trades, "
-        "rejected_by_reason, recv_skew_ms, max_trade_time, watermark, "
-        "received = accepted + rejected + duplicates + ignored AS reconciled "
+        "gaps_open, rejected_by_reason, recv_skew_ms, max_trade_time, watermark, "
+        "received = accepted + rejected + duplicates + ignored AS reconciled, "
+        "source, source_state, source_attempt, reconnects, last_message_at, "
+        "epoch(updated_at) - epoch(last_message_at) AS last_message_age_s, "
+        "exchange_clock_skew_ms, backfill_pending, backfilled_trades, updated_at "
         "FROM pipeline_stats WHERE run_id = ? ORDER BY symbol",
         [rid],
     )
     if format != "table":
         _print_table(table, format)
         return
+    rows = table.to_pylist()
     t = Table(title=f"pipeline stats, run {rid}")
     cols = ["symbol", "received", "accepted", "rejected", "duplicates", "ignored", "late", "gaps",
-            "rejected by reason", "skew ms", "reconciled"]
+            "gaps open", "rejected by reason", "skew ms", "reconciled"]
     for c in cols:
         t.add_column(c, justify="left" if c in ("symbol", "rejected by reason") else "right")
-    for r in table.to_pylist():
+    for r in rows:
         reasons = json.loads(r["rejected_by_reason"] or "{}")
         t.add_row(
-            r["symbol"] or "(unknown)", *(f"{r[k]:,}" for k in ("received", "accepted", "rejected",
-                                                               "duplicates", "ignored", "late", "gaps")),
+            r["symbol"] or "(unknown)", *(f"{r[k] or 0:,}" for k in (
+                "received", "accepted", "rejected", "duplicates", "ignored", "late", "gaps",
+                "gaps_open")),
             ", ".join(f"{k}={v}" for k, v in reasons.items()) or "-",
             "-" if r["recv_skew_ms"] is None else f"{r['recv_skew_ms']:.0f}",
             "yes" if r["reconciled"] else "[red]NO[/red]",
         )
     out.print(t)
+    if rows:
+        out.print(_source_line(rows[0]))
+
+
+def _source_line(r: dict) -> str:
+    """One line on the source's state as the run last wrote it."""
+    state = r["source_state"] or "unknown"
+    parts = [f"source {r['source']}: {state}"]
+    if state in ("replay", "simulated"):
+        parts[0] += " (not live data)"
+    if state == "reconnecting":
+        parts[0] += f" (attempt {r['source_attempt']})"
+    if r["reconnects"]:
+        parts.append(f"{r['reconnects']} reconnects")
+    if r["last_message_age_s"] is not None:
+        parts.append(f"last message {r['last_message_age_s']:.1f} s before the last update")
+    if r["exchange_clock_skew_ms"] is not None:
+        parts.append(f"exchange clock {r['exchange_clock_skew_ms']:+,.0f} ms from ours")
+    if r["backfilled_trades"] or r["backfill_pending"]:
+        parts.append(f"{r['backfilled_trades']:,} trades backfilled, {r['backfill_pending']} pending")
+    parts.append(f"updated {r['updated_at']:%Y-%m-%d %H:%M:%S %Z}")
+    return "; ".join(parts)
 
 
 @app.command()

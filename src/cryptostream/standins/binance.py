@@ -107,6 +107,9 @@ class FakeBinance:
         self._clock_started: asyncio.Event | None = None
         self._stop_event: asyncio.Event | None = None
         self._stopping = False
+        #: with ``options.record_send_times``: (symbol, trade id) -> ``time.time_ns()`` just
+        #: before that trade's event was first handed to a WebSocket send (any connection)
+        self.send_times: dict[tuple[str, int], int] = {}
 
     # -- public state ---------------------------------------------------------------------
     @property
@@ -315,7 +318,8 @@ class FakeBinance:
             listeners = self._subs.listeners(data.trade_stream)
             if listeners:
                 payload = trade_event(data.symbol, trade, self._shift, not o.rebase_time)
-                msg = StreamMessage(data.trade_stream, payload)
+                key = (data.symbol, trade.id) if o.record_send_times else None
+                msg = StreamMessage(data.trade_stream, payload, key)
                 for session in tuple(listeners):
                     session.offer(msg)
         if i == agg.last and not gap.agg_withheld:
@@ -358,7 +362,8 @@ class FakeBinance:
     async def _handle(self, ws: FakeConnection) -> None:
         combined, streams = parse_ws_path(ws.request.path if ws.request else "/ws") or (False, [])
         session = Session(ws, combined=combined, options=self.options, stats=self.stats,
-                          subscriptions=self._subs, now_ms=self._now_ms)
+                          subscriptions=self._subs, now_ms=self._now_ms,
+                          send_times=self.send_times if self.options.record_send_times else None)
         ws.session = session
         self.stats.connections_opened += 1
         self._sessions.add(session)

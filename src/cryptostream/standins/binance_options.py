@@ -35,6 +35,8 @@ class FakeOptions:
     ``max_streams_per_connection`` streams, ``max_connections_per_5min`` connection attempts
     per IP, ``weight_limit_per_min`` REST request weight per IP and rolling minute.
     ``seed`` picks where the rotation of malformed-frame kinds starts.
+    ``record_send_times`` (benchmarks): stamp each trade event in
+    :attr:`FakeBinance.send_times <cryptostream.standins.binance.FakeBinance.send_times>`.
     """
 
     speed: float = 1.0
@@ -56,6 +58,7 @@ class FakeOptions:
     seed: int = 0
     rest_fail: tuple[tuple[int, int], ...] = ()
     max_streams_per_connection: int = 1024
+    record_send_times: bool = False
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_none: bool = False) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -95,13 +96,15 @@ class FakeConnection(ServerConnection):
 
 
 class StreamMessage:
-    """One market-data event for one stream, serialised once for all its subscribers."""
+    """One market-data event for one stream, serialised once for all its subscribers;
+    ``key`` is ``(symbol, trade id)`` when its send time is to be recorded."""
 
-    __slots__ = ("_combined", "payload", "stream")
+    __slots__ = ("_combined", "key", "payload", "stream")
 
-    def __init__(self, stream: str, payload: str):
+    def __init__(self, stream: str, payload: str, key: tuple[str, int] | None = None):
         self.stream = stream
         self.payload = payload
+        self.key = key
         self._combined: str | None = None
 
     def combined(self) -> str:
@@ -143,13 +146,15 @@ class Session:
     """The state of one client connection; see the module docstring."""
 
     def __init__(self, ws: ServerConnection, *, combined: bool, options: FakeOptions,
-                 stats: FakeStats, subscriptions: Subscriptions, now_ms: Callable[[], int]):
+                 stats: FakeStats, subscriptions: Subscriptions, now_ms: Callable[[], int],
+                 send_times: dict[tuple[str, int], int] | None = None):
         self.ws = ws
         self.combined = combined
         self.options = options
         self.stats = stats
         self.subscriptions = subscriptions
         self.now_ms = now_ms
+        self.send_times = send_times  # FakeBinance.send_times when record_send_times
         self.streams: dict[str, None] = {}  # an ordered set
         self.queue: asyncio.Queue[StreamMessage | str | tuple[int, str]] = asyncio.Queue()
         self.close_reason: str | None = None
@@ -332,7 +337,10 @@ class Session:
             return
         if self.close_reason is not None:
             return
-        await self.ws.send(msg.combined() if self.combined else msg.payload)
+        text = msg.combined() if self.combined else msg.payload
+        if msg.key is not None and self.send_times is not None:
+            self.send_times.setdefault(msg.key, time.time_ns())  # the first send counts
+        await self.ws.send(text)
         self.sent += 1
         self.stats.trade_messages_sent += 1
         if o.malformed_every and self.sent % o.malformed_every == 0:
