@@ -113,6 +113,8 @@ class TradeBatch:
     offset: np.ndarray  # int64: position of the record in its source (line number, sequence)
     status: np.ndarray  # uint8 reason index, 0 = not rejected by the decoder
     raw: list[bytes] | RawLines | None = None  # one payload per record, when kept
+    #: price-spike flags already computed upstream (the Kafka ``ingest`` role); None: compute
+    is_price_spike: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.trade_id)
@@ -138,6 +140,7 @@ class TradeBatch:
             self.offset[idx],
             self.status[idx],
             raw,
+            None if self.is_price_spike is None else self.is_price_spike[idx],
         )
 
     def symbol_at(self, i: int) -> object:

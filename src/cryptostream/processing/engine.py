@@ -62,6 +62,9 @@ class EngineConfig:
     #: Wall time a gap may hold its symbol's windows open while a backfill brings the
     #: missing ids (0: never hold, as for replays, whose gaps are final).
     gap_wait_us: int = 0
+    #: validate, deduplicate, flag spikes and enrich only: no lateness and no windows (the
+    #: Kafka ``ingest`` role; the ``process`` role windows the clean trades)
+    clean_only: bool = False
 
 
 @dataclass(slots=True)
@@ -203,6 +206,8 @@ class Processor:
         ``speed`` for a paced replay), so a quiet symbol's windows still close.
         """
         out = Output()
+        if self.config.clean_only:
+            return out
         for sym, st in self.states.items():
             if st.last_arrival_us is None or st.mark.max_t == _NEG:
                 continue
@@ -219,6 +224,8 @@ class Processor:
     def close(self, now_us: int) -> Output:
         """End of a finite input: every open window becomes final and is written."""
         out = Output()
+        if self.config.clean_only:
+            return out
         for sym, st in self.states.items():
             st.mark.hold = NO_HOLD
             st.mark.wm = END_OF_TIME_US
@@ -272,7 +279,7 @@ class Processor:
         out.gaps.extend(d.new_gaps)
         out.gaps.extend(d.filled_gaps)
         c.duplicates += int(d.duplicate.sum())
-        late = d.late
+        late = d.late if not cfg.clean_only else np.zeros(n, np.bool_)
         for i in np.flatnonzero(late).tolist():
             out.rejects.append(
                 self._reject(b, i, RejectReason.LATE, f"window already final (watermark {st.mark.wm} µs)")
@@ -284,14 +291,20 @@ class Processor:
             self._accept(sym, st, c, b, ai, now_us, out)
         c.max_trade_time_us = st.mark.max_t if st.mark.max_t != _NEG else None
         self._refresh_hold(st, now_us)
-        self._emit(sym, st, now_us, out)
+        if cfg.clean_only:  # no windows: only keep the dedup state bounded
+            st.dedup.expire(Watermark.closed_before(st.mark.wm, self.pane_us))
+        else:
+            self._emit(sym, st, now_us, out)
 
     def _accept(self, sym, st: SymbolState, c: SymbolCounters, b: TradeBatch, ai, now_us, out):
         cfg = self.config
         price = b.price[ai]
         qty = b.qty[ai]
         t = b.trade_time_us[ai]
-        spike = spike_flags(price, st.last_price, cfg.spike_threshold)
+        if b.is_price_spike is not None:
+            spike = b.is_price_spike[ai]
+        else:
+            spike = spike_flags(price, st.last_price, cfg.spike_threshold)
         st.last_price = float(price[-1])
         recv = b.recv_time_us[ai]
         has_recv = recv != NO_TIME
@@ -308,6 +321,8 @@ class Processor:
                 b.event_time_us[ai], recv, now_us, latency_ms, recv_latency_ms,
             )
         )
+        if cfg.clean_only:
+            return
         pane = (t // self.pane_us) * self.pane_us
         parts = segment_aggregates(pane, trade_id, price, qty, mk, spike, latency_ms, recv_latency_ms)
         panes = st.panes
