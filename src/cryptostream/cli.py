@@ -246,6 +246,134 @@ def record(
               f"to {out_file}; {sm.reconnects} reconnects")
 
 
+BrokerOpt = Annotated[str | None, typer.Option("--broker", help="Kafka bootstrap server HOST:PORT.")]
+topics_app = typer.Typer(help="Create, describe the pipeline's Kafka topics; show consumer lag.",
+                         no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(topics_app, name="topics")
+
+
+def _need_broker(s) -> None:
+    if not s.broker:
+        raise CryptoStreamError("give the Kafka broker: --broker HOST:PORT (or CRYPTOSTREAM_BROKER)")
+
+
+@topics_app.command("create")
+def topics_create(
+    broker: BrokerOpt = None,
+    partitions: Annotated[int | None, typer.Option(help="Partitions of the data topics [default: 6].")] = None,
+    retention: Annotated[str | None, typer.Option(help="Retention of raw/clean/rejects, e.g. 7d [default: 7d].")] = None,
+    window: Annotated[list[str] | None, typer.Option("--window", help="Window specs (their tables get topics).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create the topics (raw_trades, clean_trades, rejects, pipeline_stats, one per window table)."""
+    from cryptostream.kafka_pipeline import ensure_topics
+
+    s = load_settings(config, broker=broker, partitions=partitions, retention_s=retention,
+                      windows=tuple(window or ()))
+    _need_broker(s)
+    for name, status in ensure_topics(s).items():
+        out.print(f"{name}: {status}")
+
+
+@topics_app.command("describe")
+def topics_describe(broker: BrokerOpt = None, format: Annotated[str, typer.Option("--format", "-f")] = "table",
+                    config: ConfigOpt = None) -> None:
+    """Partitions and status of each pipeline topic."""
+    import pyarrow as pa
+
+    from cryptostream.transport.kafka_admin import Topics, topic_names
+
+    s = load_settings(config, broker=broker)
+    _need_broker(s)
+    rows = Topics(s.broker).describe(topic_names(tuple(w.table for w in s.window_specs())))
+    _print_table(pa.Table.from_pylist([{k: str(v) for k, v in r.items()} for r in rows]), format)
+
+
+@topics_app.command("lag")
+def topics_lag(broker: BrokerOpt = None,
+               group: Annotated[str | None, typer.Option(help="Consumer group [default: cryptostream].")] = None,
+               format: Annotated[str, typer.Option("--format", "-f")] = "table",
+               config: ConfigOpt = None) -> None:
+    """Committed offset, end offset and lag per partition of the group's input topics."""
+    import pyarrow as pa
+
+    from cryptostream.transport.kafka_admin import CLEAN, REJECTS, STATS, Topics
+
+    s = load_settings(config, broker=broker, group=group)
+    _need_broker(s)
+    rows = Topics(s.broker).lag(s.group, [CLEAN, REJECTS, STATS])
+    _print_table(pa.Table.from_pylist(rows), format)
+    err.print(f"total lag: {sum(r['lag'] for r in rows):,} records")
+
+
+@app.command()
+def ingest(
+    broker: BrokerOpt = None,
+    source: Annotated[str | None, typer.Option(help="binance | replay | simulate  [default: binance]")] = None,
+    replay: Annotated[list[str] | None, typer.Option("--replay", help="[SYMBOL=]FILE to replay. Repeatable.")] = None,
+    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols.")] = None,
+    speed: Annotated[str | None, typer.Option(help="'max' or N x real time.")] = None,
+    duration: Annotated[str | None, typer.Option(help="Live: wall time to run; simulator: event time.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Simulator seed.")] = None,
+    binance_url: Annotated[str | None, typer.Option(help="Binance stream base URL.")] = None,
+    binance_rest_url: Annotated[str | None, typer.Option(help="Binance REST base URL.")] = None,
+    max_clock_skew: Annotated[str | None, typer.Option(help="Max |trade time - receive time|; 0 disables.")] = None,
+    partitions: Annotated[int | None, typer.Option(help="Partitions when topics are created [default: 6].")] = None,
+    publish_raw: Annotated[bool | None, typer.Option("--raw/--no-raw", help="Publish raw_trades [default: yes].")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the sources and publish raw_trades, clean_trades, rejects (and counters) to Kafka."""
+    from cryptostream.kafka_pipeline import IngestPipeline
+
+    s = load_settings(config, broker=broker, source=source, replay=tuple(replay or ()),
+                      symbols=symbols, speed=speed, duration_s=duration, seed=seed,
+                      binance_url=binance_url, binance_rest_url=binance_rest_url,
+                      max_clock_skew_s=max_clock_skew, partitions=partitions, publish_raw=publish_raw)
+    _need_broker(s)
+    pipe = IngestPipeline(s)
+    _stop_on_signals(pipe.stop)
+    err.print(f"[dim]{pipe.run_id}: {s.source} -> {s.broker}[/dim]")
+    sm = pipe.run()
+    err.print(f"received {sm.received:,} records, published {sm.published:,} messages, "
+              f"{sm.delivered:,} acknowledged, in {sm.seconds:.1f} s")
+
+
+@app.command()
+def process(
+    broker: BrokerOpt = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group; run N replicas with the same group [default: cryptostream].")] = None,
+    db: DbOpt = None,
+    lake: Annotated[str | None, typer.Option(help="Parquet lake folder, or 'off'.")] = None,
+    sink: Annotated[list[str] | None, typer.Option("--sink", help="'duckdb' (the --db file) and/or a postgres:// DSN. Repeatable [default: duckdb].")] = None,
+    until_idle: Annotated[str | None, typer.Option(help="Exit after this long without new records, closing every window.")] = None,
+    window: Annotated[list[str] | None, typer.Option("--window", help="TABLE=SIZE[/SLIDE]. Repeatable.")] = None,
+    allowed_lateness: Annotated[str | None, typer.Option(help="Allowed lateness, e.g. 2s.")] = None,
+    idle_timeout: Annotated[str | None, typer.Option(help="Quiet time after which a symbol's watermark advances with the clock.")] = None,
+    session_timeout_ms: Annotated[int | None, typer.Option(help="Consumer group session timeout [default: 10000].")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Consume clean_trades in a consumer group, compute the windows, write the sinks."""
+    from cryptostream.kafka_pipeline import ProcessPipeline
+
+    s = load_settings(config, broker=broker, group=group, db=db, lake=lake, sinks=tuple(sink or ()),
+                      until_idle_s=until_idle, windows=tuple(window or ()),
+                      allowed_lateness_s=allowed_lateness, idle_timeout_s=idle_timeout,
+                      session_timeout_ms=session_timeout_ms)
+    _need_broker(s)
+    pipe = ProcessPipeline(s)
+    _stop_on_signals(pipe.stop)
+    err.print(f"[dim]{pipe.run_id}: {s.broker} -> {', '.join(s.sinks)}[/dim]")
+    n = pipe.run()
+    err.print(f"processed {n:,} records")
+
+
+def _stop_on_signals(stop) -> None:
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop())
+
+
 def _register_standins() -> None:
     from cryptostream.standins.commands import register
 

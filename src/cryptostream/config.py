@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     ws_buffer_messages: int = Field(200_000, ge=1)
     coingecko_url: str = "https://api.coingecko.com"
     coingecko_interval_s: float = 60.0
+    # Kafka scale-out
+    broker: str | None = None
+    group: str = "cryptostream"
+    partitions: int = Field(6, ge=1)
+    retention_s: float = 7 * 86400
+    until_idle_s: float | None = None
+    publish_raw: bool = True
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    #: where results go: "duckdb" (the --db file) and/or PostgreSQL DSNs (postgres://…)
+    sinks: Annotated[tuple[str, ...], NoDecode] = ("duckdb",)
     # processing
     windows: Annotated[tuple[str, ...], NoDecode] = ("agg_1m=60", "agg_5m_1m=300/60")
     allowed_lateness_s: float = 2.0
@@ -118,6 +128,15 @@ class Settings(BaseSettings):
             raise ValueError(f"symbols must look like BTCUSDT (upper case), got {bad}")
         return tuple(v)
 
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _sinks(cls, v: Any) -> Any:
+        v = tuple(x for x in v.split(",") if x) if isinstance(v, str) else tuple(v)
+        bad = [x for x in v if x != "duckdb" and not x.startswith(("postgres://", "postgresql://"))]
+        if bad or not v:
+            raise ValueError(f"a sink is 'duckdb' or a postgres:// DSN, got {bad or v}")
+        return v
+
     @field_validator("replay", "windows", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
@@ -134,6 +153,11 @@ class Settings(BaseSettings):
         if f <= 0:
             raise ValueError("speed must be 'max' or a positive number")
         return f
+
+    @field_validator("until_idle_s", mode="before")
+    @classmethod
+    def _until_idle(cls, v: Any) -> Any:
+        return parse_duration(v)
 
     @field_validator("duration_s", mode="before")
     @classmethod
@@ -152,7 +176,7 @@ class Settings(BaseSettings):
         return d
 
     @field_validator("allowed_lateness_s", "idle_timeout_s", "max_clock_skew_s",
-                     "lake_interval_s", "stale_after_s", "max_connection_age_s", "backfill_wait_s",
+                     "lake_interval_s", "stale_after_s", "retention_s", "max_connection_age_s", "backfill_wait_s",
                      "coingecko_interval_s", mode="before")
     @classmethod
     def _durations(cls, v: Any) -> Any:

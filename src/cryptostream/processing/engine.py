@@ -119,6 +119,7 @@ class AcceptedTrades:
     processed_at_us: int
     latency_ms: np.ndarray
     recv_latency_ms: np.ndarray
+    offset: np.ndarray | None = None  # source offsets of the trades
 
     def __len__(self) -> int:
         return len(self.trade_id)
@@ -318,7 +319,7 @@ class Processor:
         out.trades.append(
             AcceptedTrades(
                 sym, b.source, trade_id, price, qty, t, mk, spike,
-                b.event_time_us[ai], recv, now_us, latency_ms, recv_latency_ms,
+                b.event_time_us[ai], recv, now_us, latency_ms, recv_latency_ms, b.offset[ai],
             )
         )
         if cfg.clean_only:

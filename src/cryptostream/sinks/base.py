@@ -13,6 +13,7 @@ the same output twice leaves the store as after the first write.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -23,6 +24,19 @@ from cryptostream.processing.engine import Output, SymbolCounters
 from cryptostream.sources.base import SourceStatus
 
 TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a Kafka ``process`` replica resumes a partition: the next offset to read and
+    the processor state (``processing.state``) that goes with it. Stored by the sink in the
+    same transaction as the rows derived from the records before ``next_offset``."""
+
+    group: str
+    topic: str
+    partition: int
+    next_offset: int
+    state: bytes | None
 
 
 @runtime_checkable

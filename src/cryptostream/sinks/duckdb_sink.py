@@ -26,6 +26,7 @@ from cryptostream.errors import SinkError
 from cryptostream.model import AGG_COLUMNS, TRADE_COLUMNS, WindowSpec
 from cryptostream.processing.engine import Output
 from cryptostream.sinks.base import (
+    Checkpoint,
     gaps_table,
     reference_table,
     rejects_table,
@@ -64,6 +65,12 @@ CREATE TABLE IF NOT EXISTS reference_prices (
     asset VARCHAR NOT NULL, symbol VARCHAR NOT NULL, price_usd DOUBLE, volume_24h DOUBLE,
     change_24h DOUBLE, last_updated_at TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ,
     PRIMARY KEY (asset, symbol, last_updated_at))
+"""
+CHECKPOINTS_DDL = """
+CREATE TABLE IF NOT EXISTS consumer_checkpoints (
+    group_id VARCHAR NOT NULL, topic VARCHAR NOT NULL, "partition" INTEGER NOT NULL,
+    next_offset BIGINT NOT NULL, state BLOB, updated_at TIMESTAMPTZ,
+    PRIMARY KEY (group_id, topic, "partition"))
 """
 #: columns added to pipeline_stats after its first release (added to older stores on open)
 STATS_ADDED = (
@@ -123,7 +130,7 @@ class DuckDBSink:
         self.con.execute(trades_ddl())
         for w in self.windows:
             self.con.execute(agg_ddl(w.table))
-        for ddl in (REJECTS_DDL, GAPS_DDL, STATS_DDL, REFERENCE_DDL):
+        for ddl in (REJECTS_DDL, GAPS_DDL, STATS_DDL, REFERENCE_DDL, CHECKPOINTS_DDL):
             self.con.execute(ddl)
         for col, typ in STATS_ADDED:
             self.con.execute(f"ALTER TABLE pipeline_stats ADD COLUMN IF NOT EXISTS {col} {typ}")
@@ -135,7 +142,10 @@ class DuckDBSink:
             ).fetchall()
         }
 
-    def write(self, output: Output, stats: list[dict], now_us: int = 0) -> None:
+    def write(self, output: Output, stats: list[dict], now_us: int = 0,
+              checkpoints: list[Checkpoint] = ()) -> None:
+        """One transaction: the output, the stats and (Kafka ``process``) the consumer
+        checkpoints of the partitions the output came from."""
         con = self.con
         if con is None:
             raise SinkError("DuckDBSink.write before open()")
@@ -164,6 +174,13 @@ class DuckDBSink:
                 if stat is not None:
                     self._run(_upsert_sql("pipeline_stats", stat.column_names,
                                           ("run_id", "symbol"), None), stat)
+                for cp in checkpoints:
+                    con.execute(
+                        'INSERT INTO consumer_checkpoints VALUES (?, ?, ?, ?, ?, make_timestamptz(?)) '
+                        'ON CONFLICT (group_id, topic, "partition") DO UPDATE SET '
+                        "next_offset = excluded.next_offset, state = excluded.state, "
+                        "updated_at = excluded.updated_at",
+                        [cp.group, cp.topic, cp.partition, cp.next_offset, cp.state, now_us])
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -200,6 +217,16 @@ class DuckDBSink:
         if fresh:
             batch = trades if len(fresh) == len(syms) else pa.concat_tables(fresh)
             self._run("INSERT INTO trades SELECT * FROM batch", batch)
+
+    def load_checkpoint(self, group: str, topic: str, partition: int) -> Checkpoint | None:
+        if self.con is None:
+            raise SinkError("DuckDBSink.load_checkpoint before open()")
+        with self.lock:
+            row = self.con.execute(
+                'SELECT next_offset, state FROM consumer_checkpoints '
+                'WHERE group_id = ? AND topic = ? AND "partition" = ?',
+                [group, topic, partition]).fetchone()
+        return None if row is None else Checkpoint(group, topic, partition, row[0], row[1])
 
     def flush(self) -> None:
         if self.con is not None:
