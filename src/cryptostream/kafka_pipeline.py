@@ -249,7 +249,7 @@ class ProcessPipeline:
             server.start()
         self._consumer.subscribe([CLEAN, REJECTS, STATS], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        last_flush = time.monotonic()
+        last_flush = self._t0 = time.monotonic()
         self._last_msg = None  # idle time counts once partitions are assigned
         try:
             while not self._stop.is_set():
@@ -268,8 +268,7 @@ class ProcessPipeline:
                 if time.monotonic() - last_flush >= s.flush_every_s:
                     self._flush()
                     last_flush = time.monotonic()
-                idle_s = None if self._last_msg is None else time.monotonic() - self._last_msg
-                if s.until_idle_s is not None and idle_s is not None and idle_s >= s.until_idle_s:
+                if s.until_idle_s is not None and self._idle_for(s.until_idle_s):
                     for proc in self.procs.values():
                         self.pending.extend(proc.close(now_us()))
                     break
@@ -284,6 +283,15 @@ class ProcessPipeline:
                 server.stop()
             self.sink.close()
         return self.received
+
+    def _idle_for(self, seconds: float) -> bool:
+        """No new record for ``seconds`` while owning partitions — and long enough after the
+        start that a crashed predecessor's session has expired and its partitions have been
+        handed over (until then records may still come from partitions nobody reads)."""
+        if self._last_msg is None:  # not assigned, or a rebalance is in progress
+            return False
+        settled = time.monotonic() - self._t0 >= 1.5 * self.s.session_timeout_ms / 1000
+        return settled and time.monotonic() - self._last_msg >= seconds
 
     def _handle(self, m, now: int) -> None:
         topic, part = m.topic(), m.partition()
@@ -356,6 +364,7 @@ class ProcessPipeline:
         self._last_msg = time.monotonic()
 
     def _on_revoke(self, consumer, partitions) -> None:
+        self._last_msg = None
         if self.procs or self.pending.window_count or self.pending.rejects:
             self._flush()
         for tp in partitions:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import psycopg
 import pytest
+from psycopg import sql
 
 from cryptostream.model import DEFAULT_WINDOWS
 from cryptostream.processing.engine import EngineConfig, Output, Processor
 from cryptostream.sinks.base import Sink, stats_rows
 from cryptostream.sinks.duckdb_sink import DuckDBSink
+from cryptostream.sinks.postgres_sink import PostgresSink
 from cryptostream.sources.replay import ReplayFile, ReplaySource
 
 REAL = Path(__file__).parents[1] / "fixtures" / "real"
@@ -32,19 +39,27 @@ def processed():
     return _processed()
 
 
-def _duckdb_sink(tmp_path: Path) -> DuckDBSink:
-    return DuckDBSink(tmp_path / "c.duckdb", DEFAULT_WINDOWS)
+@dataclass(frozen=True)
+class SinkKind:
+    """How the contract drives one kind of sink: ``location(request)`` prepares an empty store
+    for one test (a file path, a DSN); ``factory(location)`` makes a new sink on it;
+    ``snapshot(location)`` reads every table of ``TABLES`` back, sorted, as lists of tuples
+    of Python values (what was written compares equal: floats exact, aware datetimes)."""
+
+    location: Callable[[pytest.FixtureRequest], Any]
+    factory: Callable[[Any], Sink]
+    snapshot: Callable[[Any], dict[str, list]]
 
 
-SINKS = {"duckdb": _duckdb_sink}
+def _duckdb_location(request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue("tmp_path") / "c.duckdb"
 
 
-@pytest.fixture(params=sorted(SINKS))
-def make_sink(request):
-    return SINKS[request.param]
+def _duckdb_sink(path: Path) -> DuckDBSink:
+    return DuckDBSink(path, DEFAULT_WINDOWS)
 
 
-def _snapshot(path: Path) -> dict[str, list]:
+def _duckdb_snapshot(path: Path) -> dict[str, list]:
     con = duckdb.connect(str(path), read_only=True)
     try:
         return {t: con.sql(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in TABLES}
@@ -52,42 +67,90 @@ def _snapshot(path: Path) -> dict[str, list]:
         con.close()
 
 
-def test_is_a_sink(make_sink, tmp_path):
-    assert isinstance(make_sink(tmp_path), Sink)
+def _postgres_location(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("pg_dsn")  # skips when PostgreSQL is not running
 
 
-def test_write_twice_is_idempotent(make_sink, tmp_path, processed):
+def _postgres_sink(dsn: str) -> PostgresSink:
+    return PostgresSink(dsn, DEFAULT_WINDOWS, retry_for_s=5.0)
+
+
+def _sort_key(row: tuple) -> tuple:
+    """Total order over rows holding None and mixed types (the key columns come first)."""
+    return tuple((v is None, type(v).__name__, v) if v is not None else (True, "", 0) for v in row)
+
+
+def _postgres_snapshot(dsn: str) -> dict[str, list]:
+    def value(v):
+        return "NaN" if isinstance(v, float) and math.isnan(v) else v  # NaN != NaN
+
+    with psycopg.connect(dsn) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        cur = con.cursor(binary=True)  # float8 and timestamptz bit-exact
+        return {
+            t: sorted((tuple(map(value, r)) for r in cur.execute(
+                sql.SQL("SELECT * FROM {}").format(sql.Identifier(t))).fetchall()), key=_sort_key)
+            for t in TABLES
+        }
+
+
+SINKS = {
+    "duckdb": SinkKind(_duckdb_location, _duckdb_sink, _duckdb_snapshot),
+    "postgres": SinkKind(_postgres_location, _postgres_sink, _postgres_snapshot),
+}
+
+
+@dataclass(frozen=True)
+class Store:
+    """One empty store of one kind, for one test."""
+
+    make: Callable[[], Sink]  # a new sink writing this store
+    snapshot: Callable[[], dict[str, list]]
+
+
+@pytest.fixture(params=sorted(SINKS))
+def store(request) -> Store:
+    kind = SINKS[request.param]
+    where = kind.location(request)
+    return Store(lambda: kind.factory(where), lambda: kind.snapshot(where))
+
+
+def test_is_a_sink(store):
+    assert isinstance(store.make(), Sink)
+
+
+def test_write_twice_is_idempotent(store, processed):
     out, stats = processed
-    sink = make_sink(tmp_path)
+    sink = store.make()
     sink.open()
     sink.write(out, stats, 1)
     sink.flush()
     sink.close()
-    first = _snapshot(tmp_path / "c.duckdb")
+    first = store.snapshot()
     assert len(first["trades"]) == 9757
     assert len(first["agg_1m"]) == 7
-    sink = make_sink(tmp_path)
+    sink = store.make()
     sink.open()
     sink.write(out, stats, 2)
     sink.close()
-    assert _snapshot(tmp_path / "c.duckdb") == first
+    assert store.snapshot() == first
 
 
-def test_close_is_idempotent(make_sink, tmp_path):
-    sink = make_sink(tmp_path)
+def test_close_is_idempotent(store):
+    sink = store.make()
     sink.open()
     sink.close()
     sink.close()
 
 
-def test_a_failed_write_leaves_nothing_half_written(make_sink, tmp_path, processed):
+def test_a_failed_write_leaves_nothing_half_written(store, processed):
     out, stats = processed
-    sink = make_sink(tmp_path)
+    sink = store.make()
     sink.open()
     broken = Output(trades=out.trades, windows={"agg_1m": out.windows["agg_1m"],
                                                 "no_such_table": out.windows["agg_1m"]})
     with pytest.raises(KeyError):
         sink.write(broken, stats, 1)
     sink.close()
-    snap = _snapshot(tmp_path / "c.duckdb")
+    snap = store.snapshot()
     assert snap["trades"] == [] and snap["agg_1m"] == []

@@ -185,7 +185,7 @@ class PostgresSink:
                 raise KeyError(table)  # as DuckDBSink: output of another window config
         plan = self._plan(output, stats, now_us)
         if plan:
-            self._run_with_retry("write", lambda: self._write_once(plan))
+            self._run_with_retry("write", lambda attempt: self._write_once(plan, attempt))
 
     def _plan(self, output: Output, stats: list[dict], now_us: int) -> list[tuple[str, pa.Table]]:
         plan = [("trades", trades_table(output))]
@@ -194,12 +194,12 @@ class PostgresSink:
                  ("reference_prices", reference_table(output)), ("pipeline_stats", stats_table(stats))]
         return [(t, b) for t, b in plan if b is not None and b.num_rows]
 
-    def _write_once(self, plan: list[tuple[str, pa.Table]]) -> None:
+    def _write_once(self, plan: list[tuple[str, pa.Table]], attempt: _Attempt) -> None:
         pool = self._pool
         if pool is None:
             raise SinkError("PostgresSink closed during a write")
-        with pool.connection(timeout=self._getconn_timeout) as conn:
-            self._conn = conn  # for _is_transient (the broken flag)
+        with pool.connection(timeout=attempt.timeout) as conn:
+            attempt.conn = conn  # for _is_transient (its broken flag)
             with conn.transaction(), conn.cursor() as cur:
                 for table, batch in plan:
                     self._copy_upsert(cur, table, batch)
@@ -221,39 +221,54 @@ class PostgresSink:
         target = sql.Identifier(table)
         stage = sql.Identifier(_stage_name(table))
         collist = sql.SQL(", ").join(map(sql.Identifier, cols))
+        pgtypes = [types[c] for c in cols]
+        if table == "trades":
+            # fast path: new trades (the usual case) go straight into the table; when one of
+            # them is stored already, the savepoint undoes the COPY and the staging path below
+            # inserts only the missing ones
+            try:
+                with cur.connection.transaction(), cur.copy(
+                    sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, collist)
+                ) as copy:
+                    for chunk in encode_binary_copy(batch, pgtypes):
+                        copy.write(chunk)
+                return
+            except psycopg.errors.UniqueViolation:
+                pass
         cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS")
                     .format(stage, target))
         with cur.copy(sql.SQL("COPY pg_temp.{} ({}) FROM STDIN (FORMAT BINARY)")
                       .format(stage, collist)) as copy:
-            for chunk in encode_binary_copy(batch, [types[c] for c in cols]):
+            for chunk in encode_binary_copy(batch, pgtypes):
                 copy.write(chunk)
         cur.execute(_upsert_sql(table, cols, stage, collist))
 
     # -- retries ---------------------------------------------------------------------------
 
-    def _connect(self) -> psycopg.Connection:
+    def _connect(self, attempt: _Attempt) -> psycopg.Connection:
         return psycopg.connect(self.dsn, autocommit=True, **self._kwargs)
 
-    def _run_with_retry(self, what: str, fn: Callable):
+    def _run_with_retry(self, what: str, fn: Callable[[_Attempt], object]):
+        """``fn(attempt)`` until it succeeds, retrying lost connections until the deadline."""
         deadline = time.monotonic() + self.retry_for_s
         delay = _BACKOFF_START_S
         while True:
-            self._conn = None
-            self._getconn_timeout = max(0.5, min(deadline - time.monotonic(), 5.0))
+            attempt = _Attempt(max(0.5, min(deadline - time.monotonic(), 5.0)))
             try:
-                return fn()
+                return fn(attempt)
             except (psycopg.Error, PoolTimeout) as exc:
                 if isinstance(exc, PoolTimeout):  # the pool says only "no connection": ask why
                     exc = self._probe() or exc
-                if not self._is_transient(exc):
+                if not self._is_transient(exc, attempt.conn):
                     raise SinkError(self._refused(what, exc)) from exc
                 last = exc
             now = time.monotonic()
-            if now >= deadline or self._pool is None and what == "write":
+            if now >= deadline or (what == "write" and self._pool is None):
                 raise SinkError(self._gave_up(what, last)) from last
             log.warning("PostgreSQL %s: %s failed (%s); retrying in %.1fs", self.where, what,
                         self._clean(last), delay)
-            self.retries += what == "write"
+            if what == "write":
+                self.retries += 1
             time.sleep(min(delay, deadline - now))
             delay = min(delay * 2, _BACKOFF_MAX_S)
 
@@ -265,8 +280,8 @@ class PostgresSink:
             return exc
         return None
 
-    def _is_transient(self, exc: BaseException) -> bool:
-        conn = self._conn
+    @staticmethod
+    def _is_transient(exc: BaseException, conn: psycopg.Connection | None) -> bool:
         if isinstance(exc, PoolTimeout) or (conn is not None and conn.broken):
             return True
         state = getattr(exc, "sqlstate", None)
@@ -304,6 +319,17 @@ class PostgresSink:
                 "of this write was stored; source offsets are committed only after a "
                 "successful write, so restart the pipeline once the server is back and it "
                 "resumes where it stopped (rows already stored are not doubled).")
+
+
+class _Attempt:
+    """One try of a retried operation: how long it may wait for a pooled connection, and the
+    connection it got (whose ``broken`` flag tells a lost connection from a refused write)."""
+
+    __slots__ = ("conn", "timeout")
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.conn: psycopg.Connection | None = None
 
 
 def _stage_name(table: str) -> str:
@@ -387,7 +413,9 @@ def _column(arr: pa.ChunkedArray | pa.Array, pgtype: str):
         mat, lens, _ = _column(arr.dictionary, pgtype)
         idx = pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False)
         return mat[idx], lens[idx] if valid is None else np.where(valid, lens[idx], 0), valid
-    arr = arr.cast(pa.large_string())
+    # PostgreSQL text cannot hold U+0000 (a reject's raw payload can): it becomes U+FFFD,
+    # the character undecodable bytes already become
+    arr = pc.replace_substring(arr.cast(pa.large_string()), "\x00", "\ufffd")
     offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset: arr.offset + len(arr) + 1]
     data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] else np.zeros(1, np.uint8)
     lens = np.diff(offsets)
@@ -428,7 +456,7 @@ def encode_binary_copy(table: pa.Table, pgtypes: list[str],
                 hdr = lens[lo:hi].astype(">i4") if v is None else np.where(v, lens[lo:hi], -1).astype(">i4")
             buf[:, pos: pos + 4] = hdr.view(np.uint8).reshape(m, 4)
             buf[:, pos + 4: pos + 4 + w] = mat[lo:hi]
-            if v is not None or lens is not None:
+            if v is not None or (lens is not None and lens[lo:hi].min(initial=w) < w):
                 if keep is None:
                     keep = np.ones((m, width), np.bool_)
                 if lens is None:

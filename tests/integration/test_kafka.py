@@ -1,0 +1,97 @@
+"""The Kafka roles against a real broker (tansu on loopback, a fresh one per test).
+
+One scenario — the real recordings plus simulated symbols — run embedded and through
+``ingest`` -> broker -> ``process`` must store identical rows, also when ``process`` is
+killed with SIGKILL several times and restarted, and when the broker is not up yet when
+``ingest`` starts.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SIM = ("--source", "simulate", "--symbols", "SOLUSDT,XRPUSDT,ADAUSDT", "--seed", "11",
+       "--duration", "2h", "--speed", "max")
+PROCESS_OPTS = ("--until-idle", "4", "--session-timeout-ms", "6000", "--lake", "off")
+
+
+@pytest.fixture(scope="module")
+def embedded(cs, tmp_path_factory):
+    """The reference: the same inputs through the embedded pipeline."""
+    ws = cs.Workspace(tmp_path_factory.mktemp("embedded"))
+    ws.replay(cs.real.btc_jsonl, cs.real.eth_jsonl)
+    cs.run_cli("run", *SIM, "--db", ws.db, "--lake", "off", cwd=ws.root, timeout=300)
+    return ws
+
+
+def _ingest(cs, broker: str, ws, timeout: float = 300) -> None:
+    cs.run_cli("ingest", "--broker", broker, "--source", "replay", "--speed", "max",
+               "--replay", cs.real.btc_jsonl, "--replay", cs.real.eth_jsonl, cwd=ws.root,
+               timeout=timeout)
+    cs.run_cli("ingest", "--broker", broker, *SIM, cwd=ws.root, timeout=timeout)
+
+
+def _process_args(broker: str, ws, group: str = "g1") -> list:
+    return ["process", "--broker", broker, "--group", group, "--db", ws.db, *PROCESS_OPTS]
+
+
+def test_kafka_with_one_replica_stores_what_the_embedded_pipeline_stores(cs, workspace, broker,
+                                                                         embedded):
+    proc = cs.run_cli("topics", "create", "--broker", broker.address, cwd=workspace.root)
+    assert "clean_trades: created" in proc.stdout
+    _ingest(cs, broker.address, workspace)
+    cs.run_cli(*_process_args(broker.address, workspace), cwd=workspace.root, timeout=300)
+    assert cs.assert_same_store(workspace.db, embedded.db) > 200_000
+    lag = cs.run_cli("topics", "lag", "--broker", broker.address, "--group", "g1",
+                     "--format", "json", cwd=workspace.root)
+    assert "total lag" in lag.stderr
+    with cs.connect_ro(workspace.db) as con:
+        stats = con.execute("SELECT run_id, symbol, received, accepted FROM pipeline_stats "
+                            "WHERE run_id LIKE 'ingest-%' ORDER BY symbol").fetchall()
+    # the ingest role's counters reach the store through the pipeline_stats topic
+    assert {r[1] for r in stats} == {"BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT"}
+    assert all(r[2] == r[3] for r in stats)
+
+
+def test_a_process_replica_killed_again_and_again_stores_the_uninterrupted_result(
+        cs, workspace, broker, embedded):
+    _ingest(cs, broker.address, workspace)
+    kills = 0
+    for delay_s in (4.5, 5.5, 6.5, 5.0):
+        p = cs.start_cli(*_process_args(broker.address, workspace), cwd=workspace.root)
+        time.sleep(delay_s)  # the group join takes ~3 s, then it consumes and writes
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait(30)
+    assert kills >= 3
+    cs.run_cli(*_process_args(broker.address, workspace), cwd=workspace.root, timeout=300)
+    cs.assert_same_store(workspace.db, embedded.db)
+
+
+def test_ingest_waits_for_a_broker_that_is_not_up_yet(cs, workspace):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    ingest = cs.start_cli("ingest", "--broker", address, "--source", "replay", "--speed", "max",
+                          "--replay", cs.real.btc_jsonl, cwd=workspace.root)
+    time.sleep(4)
+    assert ingest.poll() is None, "ingest must wait for the broker, not fail"
+    b = cs.start_broker(port)
+    try:
+        _out, err = ingest.communicate(timeout=120)
+        assert ingest.returncode == 0, err[-2000:]
+        assert "9,757 acknowledged" in err or "acknowledged" in err
+        cs.run_cli(*_process_args(address, workspace), cwd=workspace.root, timeout=120)
+        with cs.connect_ro(workspace.db) as con:
+            n = con.execute("SELECT count(*) FROM trades").fetchone()[0]
+        assert n == 9_757
+    finally:
+        b.stop()
