@@ -59,10 +59,14 @@ def run(
     coingecko_url: Annotated[str | None, typer.Option(help="CoinGecko API base URL (API key: $COINGECKO_API_KEY) [default: https://api.coingecko.com].")] = None,
     coingecko_interval: Annotated[str | None, typer.Option(help="CoinGecko polling interval [default: 60s].")] = None,
     flush_interval: Annotated[str | None, typer.Option(help="Write to the store at least this often [default: 25ms live, 1s otherwise].")] = None,
+    broker: Annotated[str | None, typer.Option(help="Run ingest + process through this Kafka broker (HOST:PORT) instead of in-process.")] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group with --broker [default: cryptostream].")] = None,
+    sink: Annotated[list[str] | None, typer.Option("--sink", help="'duckdb' (the --db file) and/or a postgres:// DSN. Repeatable [default: duckdb].")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar [default: when stderr is a terminal].")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run the embedded pipeline (source -> clean -> windows -> DuckDB + Parquet)."""
+    """Run the embedded pipeline (source -> clean -> windows -> DuckDB + Parquet), or with
+    --broker both Kafka roles (ingest + process) in one command."""
     from cryptostream.pipeline import EmbeddedPipeline
 
     s = load_settings(
@@ -73,8 +77,17 @@ def run(
         binance_url=binance_url, binance_rest_url=binance_rest_url, binance_stream=binance_stream,
         stale_after_s=stale_after, max_connection_age_s=max_connection_age,
         backfill_wait_s=backfill_wait, coingecko_url=coingecko_url,
-        coingecko_interval_s=coingecko_interval, flush_interval_s=flush_interval,
+        coingecko_interval_s=coingecko_interval, flush_interval_s=flush_interval, broker=broker,
+        group=group, sinks=tuple(sink or ()),
     )
+    if s.broker:
+        from cryptostream.kafka_pipeline import run_both
+
+        err.print(f"[dim]ingest + process via {s.broker} (group {s.group}) -> {', '.join(s.sinks)}[/dim]")
+        sm, n = run_both(s)
+        err.print(f"ingest: {sm.received:,} records, {sm.delivered:,} messages acknowledged; "
+                  f"process: {n:,} records")
+        return
     show = s.progress if s.progress is not None else err.is_terminal
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),

@@ -380,3 +380,37 @@ def _normalise(rows: list[dict]) -> list[dict]:
     cols = list(rows[0])
     return [{k: r.get(k) for k in cols} for r in rows]
 
+
+
+def run_both(settings: Settings, on_progress: Callable | None = None) -> tuple[IngestSummary, int]:
+    """``run --broker``: ingest and one process replica in one command (threads).
+
+    A finite input ends the run once ingest is done and ``process`` has been idle for
+    ``until_idle_s`` (5 s unless set); a live one runs until stopped or ``--duration``.
+    """
+    ingest = IngestPipeline(settings, on_progress=on_progress)
+    if ingest.source.finite and settings.until_idle_s is None:
+        settings = settings.model_copy(update={"until_idle_s": 5.0})
+    proc = ProcessPipeline(settings)
+    result: dict = {}
+
+    def run_ingest() -> None:
+        try:
+            result["ingest"] = ingest.run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            result["error"] = exc
+            proc.stop()
+        else:
+            if not ingest.source.finite:
+                proc.stop()  # a live source stopped (--duration): let process finish
+
+    t = threading.Thread(target=run_ingest, name="ingest", daemon=True)
+    t.start()
+    try:
+        n = proc.run()
+    finally:
+        ingest.stop()
+        t.join(60)
+    if "error" in result:
+        raise result["error"]
+    return result.get("ingest", ingest.summary), n

@@ -22,7 +22,7 @@ from cryptostream.config import Settings
 from cryptostream.errors import ConfigError
 from cryptostream.processing.engine import EngineConfig, Output, Processor, SymbolCounters
 from cryptostream.sinks.base import stats_rows
-from cryptostream.sinks.duckdb_sink import DuckDBSink
+from cryptostream.sinks.fanout import build_sinks
 from cryptostream.sinks.lake import ParquetLake
 from cryptostream.sinks.writer import SinkWriter
 from cryptostream.sources.base import NoTrades, Source
@@ -150,8 +150,11 @@ class EmbeddedPipeline:
         if not self.source.finite:  # live: every configured symbol shows up in the stats at once
             for sym in settings.symbols:
                 self.processor.counters.setdefault(sym, SymbolCounters())
-        self.sink = DuckDBSink(settings.db, settings.window_specs(), threads=settings.duckdb_threads)
-        self.lake = ParquetLake(settings.lake, settings.window_specs()) if settings.lake else None
+        self.sinks = build_sinks(settings.sinks, settings.db, settings.window_specs(),
+                                 settings.duckdb_threads)
+        self.sink = self.sinks.duckdb  # the lake and the query endpoint need the DuckDB file
+        self.lake = ParquetLake(settings.lake, settings.window_specs()) \
+            if settings.lake and self.sink is not None else None
         self.channel = InProcessChannel(maxsize=settings.queue_batches)
         self.reference = ReferenceFeed(settings) if settings.coingecko else None
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -182,14 +185,14 @@ class EmbeddedPipeline:
         from cryptostream.query import QueryServer
 
         s = self.s
-        self.sink.open()
+        self.sinks.open()
         if self.lake:
             self.lake.open()
-        server = QueryServer(self.sink, Path(s.db)) if s.serve_queries else None
+        server = QueryServer(self.sink, Path(s.db)) if s.serve_queries and self.sink else None
         if server:
             server.start()
         old = self._install_signals() if install_signals else None
-        writer = SinkWriter(self.sink, self.lake, s.lake_interval_s)
+        writer = SinkWriter(self.sinks, self.lake, s.lake_interval_s, lake_source=self.sink)
         t0 = time.monotonic()
         producer = threading.Thread(target=self._produce, name="source", daemon=True)
         producer.start()
@@ -241,9 +244,9 @@ class EmbeddedPipeline:
             if server:
                 # readers keep using the endpoint while the store checkpoints; once it is
                 # withdrawn they retry the read-only open until the file lock is released
-                self.sink.flush()
+                self.sinks.flush()
                 server.stop()
-            self.sink.close()
+            self.sinks.close()
             if old:
                 self._restore_signals(old)
         self._report(t0)

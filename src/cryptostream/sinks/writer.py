@@ -21,9 +21,10 @@ _STOP = object()
 class SinkWriter:
     """Writes ``(output, stats)`` flushes in order, in a background thread."""
 
-    def __init__(self, sink: DuckDBSink, lake: ParquetLake | None, lake_interval_s: float,
-                 depth: int = 2):
+    def __init__(self, sink, lake: ParquetLake | None, lake_interval_s: float,
+                 depth: int = 2, lake_source: DuckDBSink | None = None):
         self.sink = sink
+        self.lake_source = lake_source if lake_source is not None else sink
         self.lake = lake
         self.lake_interval_s = lake_interval_s
         self._q: queue.Queue = queue.Queue(maxsize=depth)
@@ -41,7 +42,7 @@ class SinkWriter:
         self._thread.join()
         self._raise()
         if final_lake_export and self.lake:
-            self.lake.export_dirty(self.sink, final=True)
+            self.lake.export_dirty(self.lake_source, final=True)
 
     def abort(self) -> None:
         """Stop without raising (used on the error path; a no-op after ``close``)."""
@@ -67,6 +68,7 @@ class SinkWriter:
                 self.sink.write(out, stats, now_us)
                 if self.lake:
                     self.lake.mark(out)
-                    self.lake.export_dirty(self.sink, final=False, interval_s=self.lake_interval_s)
+                    self.lake.export_dirty(self.lake_source, final=False,
+                                           interval_s=self.lake_interval_s)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the pipeline thread
                 self._error = exc
