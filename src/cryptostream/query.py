@@ -12,6 +12,7 @@ PRAGMA) are accepted, in a transaction that is rolled back.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
@@ -21,7 +22,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
-import httpx
 import pyarrow as pa
 
 from cryptostream.errors import QueryError
@@ -202,15 +202,22 @@ class _Busy(Exception):
 def _query_once(db: Path, sql: str, params: list | None, timeout_s: float) -> pa.Table:
     info = _live_endpoint(db)
     if info is not None:
-        url = f"http://{info['host']}:{info['port']}/query"
+        # a plain HTTP/1.1 request on loopback: an httpx client costs 9-50 ms to build
+        # (TLS context), more than most queries
+        conn = http.client.HTTPConnection(info["host"], info["port"], timeout=timeout_s)
         try:
-            resp = httpx.post(url, json={"sql": sql, "params": params}, timeout=timeout_s,
-                              headers={"Authorization": f"Bearer {info['token']}"})
-        except httpx.TransportError as exc:
+            conn.request("POST", "/query", body=json.dumps({"sql": sql, "params": params}),
+                         headers={"Authorization": f"Bearer {info['token']}",
+                                  "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read()
+        except OSError as exc:
             raise _Busy(f"the pipeline writing {db} did not answer ({exc}); retry") from exc
-        if resp.status_code != 200:
-            raise QueryError(resp.text)
-        return pa.ipc.open_stream(resp.content).read_all()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise QueryError(body.decode("utf-8", "replace"))
+        return pa.ipc.open_stream(body).read_all()
     if not db.exists():
         raise QueryError(f"{db} does not exist yet; run `cryptostream run` first or pass --db")
     try:
