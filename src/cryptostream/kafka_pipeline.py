@@ -212,7 +212,10 @@ class ProcessPipeline:
     def __init__(self, settings: Settings, on_progress: Callable | None = None):
         self.s = settings
         self.group = settings.group
-        self.cfg = engine_config(settings)
+        # the clock-skew check was made by ingest (which saw the receive times live); gaps
+        # may still be filled by ingest's backfill, so they hold windows as in embedded mode
+        self.cfg = replace(engine_config(settings), max_clock_skew_us=0,
+                           gap_wait_us=int(settings.backfill_wait_s * US))
         self.sink = build_sinks(settings.sinks, settings.db, settings.window_specs(),
                                 settings.duckdb_threads)
         duck = self.sink.duckdb

@@ -95,3 +95,32 @@ def test_ingest_waits_for_a_broker_that_is_not_up_yet(cs, workspace):
         assert n == 9_757
     finally:
         b.stop()
+
+
+def test_ingest_rides_out_a_frozen_broker_and_keeps_answering_pings(cs, workspace, broker,
+                                                                    fake_binance):
+    # live trades from the stand-in; the broker freezes (SIGSTOP) for 6 s mid-run: the
+    # producer buffers, then pushes back on the source, whose reader keeps answering pings
+    fake = fake_binance([cs.real.btc_jsonl, cs.real.eth_jsonl], speed=20.0, ping_interval_s=1.0,
+                        pong_timeout_s=2.5)
+    ingest = cs.start_cli("ingest", "--broker", broker.address, "--source", "binance",
+                          "--binance-url", fake.ws_url, "--symbols", "BTCUSDT,ETHUSDT",
+                          "--max-clock-skew", "0", "--duration", "30", cwd=workspace.root)
+    try:
+        time.sleep(8)
+        broker.proc.send_signal(signal.SIGSTOP)
+        time.sleep(6)
+        broker.proc.send_signal(signal.SIGCONT)
+        _out, err = ingest.communicate(timeout=120)
+    finally:
+        if broker.proc.poll() is None:
+            broker.proc.send_signal(signal.SIGCONT)
+        if ingest.poll() is None:
+            ingest.kill()
+    assert ingest.returncode == 0, err[-2000:]
+    assert fake.finished
+    assert fake.stats.connections_closed.get("pong_timeout", 0) == 0, fake.stats
+    cs.run_cli(*_process_args(broker.address, workspace), cwd=workspace.root, timeout=120)
+    with cs.connect_ro(workspace.db) as con:
+        got = dict(con.execute("SELECT symbol, count(*) FROM trades GROUP BY 1").fetchall())
+    assert got == {s: len(fake.trades(s)) for s in ("BTCUSDT", "ETHUSDT")}
