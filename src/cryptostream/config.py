@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     # processing
     windows: Annotated[tuple[str, ...], NoDecode] = ("agg_1m=60", "agg_5m_1m=300/60")
     allowed_lateness_s: float = 2.0
-    idle_timeout_s: float = 10.0
+    #: unset: 0.5 s for the live Binance source (a quiet symbol's windows close about
+    #: ``allowed_lateness`` after their end while the connection carries other trades), else 10 s
+    idle_timeout_s: float | None = None
     max_clock_skew_s: float = 5.0
     spike_threshold_pct: float = 2.0
     max_open_gaps: int = 10_000
@@ -167,7 +169,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive duration")
         return d
 
-    @field_validator("flush_interval_s", mode="before")
+    @field_validator("flush_interval_s", "idle_timeout_s", mode="before")
     @classmethod
     def _optional_duration(cls, v: Any) -> Any:
         d = parse_duration(v)
@@ -175,7 +177,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a duration >= 0")
         return d
 
-    @field_validator("allowed_lateness_s", "idle_timeout_s", "max_clock_skew_s",
+    @field_validator("allowed_lateness_s", "max_clock_skew_s",
                      "lake_interval_s", "stale_after_s", "retention_s", "max_connection_age_s", "backfill_wait_s",
                      "coingecko_interval_s", mode="before")
     @classmethod
@@ -198,6 +200,12 @@ class Settings(BaseSettings):
         if len({s.table for s in specs}) != len(specs):
             raise ConfigError("window tables must have distinct names")
         return specs
+
+    @property
+    def idle_after_s(self) -> float:
+        if self.idle_timeout_s is not None:
+            return self.idle_timeout_s
+        return 0.5 if self.trade_source == "binance" else 10.0
 
     @property
     def flush_every_s(self) -> float:

@@ -218,6 +218,9 @@ class ProcessPipeline:
                            gap_wait_us=int(settings.backfill_wait_s * US))
         self.sink = build_sinks(settings.sinks, settings.db, settings.window_specs(),
                                 settings.duckdb_threads)
+        # upstream silence is invisible here (a dead connection looks like a quiet market):
+        # idle watermarks advance only after the embedded default for replays, 10 s
+        self.idle_us = (settings.idle_timeout_s if settings.idle_timeout_s is not None else 10.0) * US
         duck = self.sink.duckdb
         self.lake = ParquetLake(settings.lake, settings.window_specs()) \
             if settings.lake and duck is not None else None
@@ -267,7 +270,7 @@ class ProcessPipeline:
                 if msgs:
                     self._last_msg = time.monotonic()
                 for proc in self.procs.values():
-                    self.pending.extend(proc.advance_idle(now, int(s.idle_timeout_s * US)))
+                    self.pending.extend(proc.advance_idle(now, int(self.idle_us)))
                 if time.monotonic() - last_flush >= s.flush_every_s:
                     self._flush()
                     last_flush = time.monotonic()

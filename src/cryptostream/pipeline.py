@@ -221,7 +221,7 @@ class EmbeddedPipeline:
                 if self.reference:
                     pending.reference_prices.extend(self.reference.drain())
                 if live and not self.source.catching_up():
-                    pending.extend(self.processor.advance_idle(now, int(s.idle_timeout_s * US), speed))
+                    pending.extend(self.processor.advance_idle(now, int(s.idle_after_s * US), speed))
                 since = time.monotonic() - last_flush
                 has_data = pending_trades or pending.window_count or pending.reference_prices
                 # live: a write at least every second even when quiet (the source's state)

@@ -45,6 +45,8 @@ MAX_FRAMES_PER_BATCH = 5000
 #: (~1-2 ms in the processor and the store) then do not grow with the message rate
 BATCH_WINDOW_S = 0.01
 BACKFILL_ATTEMPTS = 6
+#: no frame for this long: the connection may be stalled (see ``catching_up``)
+SILENT_AFTER_S = 1.0
 DRAIN_AT_END_S = 10.0
 
 
@@ -90,9 +92,14 @@ class BinanceSource:
         return 1.0
 
     def catching_up(self) -> bool:
+        """Older trades may still come: disconnected, backfilling, or the connection has gone
+        silent (a stall looks like a quiet market until the watchdog replaces it, and the
+        trades it hid come back through the catch-up)."""
         with self._lock:
             pending = self._pending
-        return pending > 0 or self._conn.state.state != "connected" or not self._results.empty()
+        st = self._conn.state
+        silent = st.last_frame_at is None or time.time() - st.last_frame_at > SILENT_AFTER_S
+        return pending > 0 or st.state != "connected" or silent or not self._results.empty()
 
     def status(self) -> SourceStatus:
         st = self._conn.state
