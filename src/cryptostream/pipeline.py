@@ -64,6 +64,8 @@ def build_source(s: Settings) -> Source:
         return SimulatorSource(
             s.symbols, seed=s.seed, duration_s=s.duration_s, speed=s.pace,
             trades_per_s=s.sim_trades_per_s, start_time_us=start,
+            # unpaced: big batches (per-batch costs dominate small ones, see docs/benchmarks.md)
+            batch_size=4096 if s.pace is not None else 65536,
         )
     raise ConfigError(f"unknown source {s.source!r}")
 

@@ -93,6 +93,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             last_updated_at TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ,
             PRIMARY KEY (asset, symbol, last_updated_at))""",
     )),
+    Migration(4, "consumer_checkpoints (Kafka process: offset + processor state)", (
+        """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
+            group_id TEXT NOT NULL, topic TEXT NOT NULL, "partition" INTEGER NOT NULL,
+            next_offset BIGINT NOT NULL, state BYTEA, updated_at TIMESTAMPTZ,
+            PRIMARY KEY (group_id, topic, "partition"))""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,13 +1,16 @@
 """PostgreSQL sink: the same tables, keys and upsert semantics as the DuckDB store.
 
-Schema and migrations: see ``sinks.postgres_schema`` (applied by ``open()``).
+Schema, migrations and window tables: see ``sinks.postgres_schema`` (applied by ``open()``).
 
 One ``write`` is ONE transaction on a pooled connection (``psycopg_pool``). Each table's
-rows are streamed with a binary ``COPY`` (encoded straight from the Arrow columns, no Python
-object per row) into a per-connection temporary staging table (``ON COMMIT DELETE ROWS``),
-then moved with one ``INSERT ... SELECT ... ON CONFLICT``:
+rows are streamed with a binary ``COPY`` (``sinks.postgres_copy``: encoded straight from the
+Arrow columns, no Python object per row) into a per-connection temporary staging table
+(``ON COMMIT DELETE ROWS``), then moved with one ``INSERT ... SELECT ... ON CONFLICT``:
 
-* ``trades``: ``DO NOTHING`` on (symbol, trade_id);
+* ``trades``: ``DO NOTHING`` on (symbol, trade_id). Fast path first: the batch is copied
+  straight into ``trades`` inside a savepoint, which is twice as fast; if any of its trades
+  is stored already (a replay, a retried write) the unique violation rolls the savepoint back
+  and the staging path inserts only the missing trades;
 * window tables: ``DO UPDATE`` on (symbol, window_start), only when the window's data
   changed (latency columns and ``emitted_at`` of a replayed window keep their first value,
   exactly like DuckDB);
@@ -17,25 +20,27 @@ then moved with one ``INSERT ... SELECT ... ON CONFLICT``:
 Reconnects: every write is an idempotent upsert in one transaction, so when the connection
 is lost (server restart, ``pg_terminate_backend``, network) the whole write is retried on a
 fresh connection, with a backoff of 0.2 s doubling up to 5 s, for up to ``retry_for_s``
-seconds: a retried write never doubles a row and nothing handed to ``write`` is lost. Then
-``SinkError`` says what happened and what to do. Data and schema errors (a value the table
-refuses, a missing column) are raised at once as ``SinkError``. DSN passwords never appear
-in messages (``redact_dsn``).
-"""
+seconds: a retried write never doubles a row (even when the lost connection had committed)
+and nothing handed to ``write`` is lost. Then ``SinkError`` says what happened and what to
+do. Data and schema errors (a value a table refuses, a missing column) are raised at once as
+``SinkError``. ``open()`` waits the same way for a server that is down, but not for a DSN
+that cannot work (unknown database or user, bad password). DSN passwords never appear in
+messages (``redact_dsn``).
 
+The one difference from DuckDB: PostgreSQL text cannot hold the character U+0000, which a
+reject's raw payload may contain; it is stored as U+FFFD (as undecodable bytes already are).
+"""
 from __future__ import annotations
 
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from hashlib import sha1
 
-import numpy as np
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -45,7 +50,7 @@ from cryptostream.model import WindowSpec
 from cryptostream.processing.engine import Output
 from cryptostream.sinks import postgres_schema as schema
 from cryptostream.sinks.base import (
-    TS,
+    Checkpoint,
     gaps_table,
     reference_table,
     rejects_table,
@@ -53,13 +58,11 @@ from cryptostream.sinks.base import (
     trades_table,
     windows_table,
 )
+from cryptostream.sinks.duckdb_sink import _AGG_DATA_COLUMNS  # the same change test
+from cryptostream.sinks.postgres_copy import encode_binary_copy
 
 log = logging.getLogger(__name__)
 
-_AGG_DATA_COLUMNS = (
-    "trade_count", "first_trade_id", "last_trade_id", "volume", "quote_volume", "high", "low",
-    "open", "close", "buy_volume", "spike_count", "price_stddev",
-)
 #: connection parameters added when the DSN does not set them: fail fast on a dead host,
 #: notice a silently dropped network within ~30 s instead of the kernel's 2 hours
 _CONN_DEFAULTS = {
@@ -138,18 +141,7 @@ class PostgresSink:
         migrations, create the window tables, start the pool."""
         if self._pool is not None:
             return
-        conn = self._run_with_retry("open", self._connect)
-        try:
-            try:
-                applied = schema.migrate(conn, self.windows)
-                tables = schema.FIXED_TABLES + tuple(w.table for w in self.windows)
-                cols = schema.columns(conn, tables)
-            except psycopg.Error as exc:
-                raise SinkError(f"cannot prepare the PostgreSQL store at {self.where}: "
-                                f"{self._clean(exc)}; check that the user may create tables "
-                                "in the database") from exc
-        finally:
-            conn.close()
+        applied, cols = self._run_with_retry("open", self._prepare)
         if applied:
             log.info("PostgreSQL %s: applied migrations %s", self.where, applied)
         self._columns = {t: dict(c) for t, c in cols.items()}
@@ -176,7 +168,9 @@ class PostgresSink:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, output: Output, stats: list[dict], now_us: int = 0) -> None:
+    def write(self, output: Output, stats: list[dict], now_us: int = 0,
+              checkpoints: list[Checkpoint] = ()) -> None:
+        """One transaction: the output, the stats and (Kafka ``process``) the checkpoints."""
         if self._pool is None:
             raise SinkError("PostgresSink.write before open()")
         known = {w.table for w in self.windows}
@@ -184,8 +178,24 @@ class PostgresSink:
             if table not in known:
                 raise KeyError(table)  # as DuckDBSink: output of another window config
         plan = self._plan(output, stats, now_us)
-        if plan:
-            self._run_with_retry("write", lambda attempt: self._write_once(plan, attempt))
+        if plan or checkpoints:
+            self._run_with_retry("write",
+                                 lambda attempt: self._write_once(plan, attempt, checkpoints, now_us))
+
+    def load_checkpoint(self, group: str, topic: str, partition: int) -> Checkpoint | None:
+        if self._pool is None:
+            raise SinkError("PostgresSink.load_checkpoint before open()")
+
+        def load(attempt: _Attempt):
+            with self._pool.connection(timeout=attempt.timeout) as conn:
+                return conn.execute(
+                    'SELECT next_offset, state FROM consumer_checkpoints '
+                    'WHERE group_id = %s AND topic = %s AND "partition" = %s',
+                    [group, topic, partition]).fetchone()
+
+        row = self._run_with_retry("load_checkpoint", load)
+        return None if row is None else Checkpoint(group, topic, partition, row[0],
+                                                   None if row[1] is None else bytes(row[1]))
 
     def _plan(self, output: Output, stats: list[dict], now_us: int) -> list[tuple[str, pa.Table]]:
         plan = [("trades", trades_table(output))]
@@ -194,16 +204,27 @@ class PostgresSink:
                  ("reference_prices", reference_table(output)), ("pipeline_stats", stats_table(stats))]
         return [(t, b) for t, b in plan if b is not None and b.num_rows]
 
-    def _write_once(self, plan: list[tuple[str, pa.Table]], attempt: _Attempt) -> None:
+    def _write_once(self, plan: list[tuple[str, pa.Table]], attempt: _Attempt,
+                    checkpoints: list[Checkpoint] = (), now_us: int = 0) -> None:
         pool = self._pool
         if pool is None:
             raise SinkError("PostgresSink closed during a write")
         with pool.connection(timeout=attempt.timeout) as conn:
-            attempt.conn = conn  # for _is_transient (its broken flag)
-            with conn.transaction(), conn.cursor() as cur:
-                for table, batch in plan:
-                    self._copy_upsert(cur, table, batch)
-                self._before_commit(conn)
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    for table, batch in plan:
+                        self._copy_upsert(cur, table, batch)
+                    for cp in checkpoints:
+                        cur.execute(
+                            'INSERT INTO consumer_checkpoints VALUES (%s, %s, %s, %s, %s, '
+                            'to_timestamp(%s / 1e6)) ON CONFLICT (group_id, topic, "partition") '
+                            "DO UPDATE SET next_offset = excluded.next_offset, "
+                            "state = excluded.state, updated_at = excluded.updated_at",
+                            [cp.group, cp.topic, cp.partition, cp.next_offset, cp.state, now_us])
+                    self._before_commit(conn)
+            except BaseException:
+                attempt.broken = conn.broken  # read before the pool closes it
+                raise
 
     def _before_commit(self, conn: psycopg.Connection) -> None:
         """Hook for tests (kill the connection right before the commit)."""
@@ -245,21 +266,34 @@ class PostgresSink:
 
     # -- retries ---------------------------------------------------------------------------
 
-    def _connect(self, attempt: _Attempt) -> psycopg.Connection:
-        return psycopg.connect(self.dsn, autocommit=True, **self._kwargs)
+    def _prepare(self, attempt: _Attempt) -> tuple[list[int], dict]:
+        """Apply the migrations and read the column catalog, on a connection of its own."""
+        conn = psycopg.connect(self.dsn, autocommit=True, **self._kwargs)
+        try:
+            applied = schema.migrate(conn, self.windows)
+            tables = schema.FIXED_TABLES + tuple(w.table for w in self.windows)
+            return applied, schema.columns(conn, tables)
+        except BaseException:
+            attempt.broken = conn.broken
+            raise
+        finally:
+            conn.close()
 
     def _run_with_retry(self, what: str, fn: Callable[[_Attempt], object]):
         """``fn(attempt)`` until it succeeds, retrying lost connections until the deadline."""
         deadline = time.monotonic() + self.retry_for_s
         delay = _BACKOFF_START_S
         while True:
-            attempt = _Attempt(max(0.5, min(deadline - time.monotonic(), 5.0)))
+            attempt = _Attempt(max(0.5, min(deadline - time.monotonic(), 2.0)))
             try:
                 return fn(attempt)
             except (psycopg.Error, PoolTimeout) as exc:
                 if isinstance(exc, PoolTimeout):  # the pool says only "no connection": ask why
-                    exc = self._probe() or exc
-                if not self._is_transient(exc, attempt.conn):
+                    cause = self._probe()
+                    if cause is None and time.monotonic() < deadline:
+                        continue  # the server is there: the pool is busy or still reconnecting
+                    exc = cause or exc
+                if not self._is_transient(exc, attempt.broken):
                     raise SinkError(self._refused(what, exc)) from exc
                 last = exc
             now = time.monotonic()
@@ -281,15 +315,16 @@ class PostgresSink:
         return None
 
     @staticmethod
-    def _is_transient(exc: BaseException, conn: psycopg.Connection | None) -> bool:
-        if isinstance(exc, PoolTimeout) or (conn is not None and conn.broken):
+    def _is_transient(exc: BaseException, broken: bool) -> bool:
+        """A lost or refused connection (retry) rather than a refused statement (raise)."""
+        if broken or isinstance(exc, PoolTimeout):
             return True
         state = getattr(exc, "sqlstate", None)
         if state:
             return state.startswith("08") or state in _TRANSIENT_SQLSTATES
         if isinstance(exc, psycopg.OperationalError):  # client side: refused, lost, timed out
             return not _PERMANENT_CONNECT.search(str(exc))
-        return isinstance(exc, psycopg.InterfaceError) and conn is not None and conn.closed
+        return False
 
     def _clean(self, exc: BaseException) -> str:
         text = " ".join(str(exc).split()) or type(exc).__name__
@@ -299,6 +334,10 @@ class PostgresSink:
 
     def _refused(self, what: str, exc: BaseException) -> str:
         state = getattr(exc, "sqlstate", None)
+        if what == "open" and state:
+            return (f"cannot prepare the PostgreSQL store at {self.where} ({type(exc).__name__}"
+                    f" {state}): {self._clean(exc)}. Check that the user may create tables in "
+                    "the database (or apply the migrations as its owner once).")
         if what == "open":
             return (f"cannot connect to PostgreSQL at {self.where}: {self._clean(exc)}. "
                     "Fix the DSN (host, port, user, password, database; create the database "
@@ -322,14 +361,14 @@ class PostgresSink:
 
 
 class _Attempt:
-    """One try of a retried operation: how long it may wait for a pooled connection, and the
-    connection it got (whose ``broken`` flag tells a lost connection from a refused write)."""
+    """One try of a retried operation: how long it may wait for a pooled connection, and
+    whether its connection broke (a lost connection, as opposed to a refused statement)."""
 
-    __slots__ = ("conn", "timeout")
+    __slots__ = ("broken", "timeout")
 
     def __init__(self, timeout: float):
         self.timeout = timeout
-        self.conn: psycopg.Connection | None = None
+        self.broken = False
 
 
 def _stage_name(table: str) -> str:
@@ -370,99 +409,3 @@ def _upsert_sql(table: str, cols: list[str], stage: sql.Identifier,
 
 def _ids(names) -> sql.Composed:
     return sql.SQL(", ").join(map(sql.Identifier, names))
-
-
-# -- binary COPY encoding straight from Arrow columns ------------------------------------------
-
-_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
-_TRAILER = b"\xff\xff"
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 UTC in Unix microseconds
-#: PostgreSQL type -> (Arrow type the column is cast to, width of a value; 0 = variable)
-_KINDS = {
-    "bigint": (pa.int64(), 8),
-    "double precision": (pa.float64(), 8),
-    "timestamp with time zone": (TS, 8),
-    "boolean": (pa.bool_(), 1),
-    "text": (pa.string(), 0),
-    "character varying": (pa.string(), 0),
-}
-
-
-def _column(arr: pa.ChunkedArray | pa.Array, pgtype: str):
-    """(value bytes as an (n, width) uint8 matrix, lengths or None, valid mask or None)."""
-    if pgtype not in _KINDS:
-        raise SinkError(f"cannot write a column of PostgreSQL type {pgtype} (no encoder)")
-    atype, width = _KINDS[pgtype]
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    valid = None
-    if arr.null_count:
-        valid = arr.is_valid().to_numpy(zero_copy_only=False)
-    if width:
-        arr = arr.cast(atype)
-        if atype == TS:
-            arr = arr.cast(pa.int64())
-        if arr.null_count:
-            arr = pc.fill_null(arr, pa.scalar(False if width == 1 else 0, arr.type))
-        vals = arr.to_numpy(zero_copy_only=False)
-        if atype == TS:
-            vals = vals - _PG_EPOCH_US
-        be = vals.astype(">i8" if vals.dtype.kind in "iM" else ">f8") if width == 8 else vals
-        return np.ascontiguousarray(be).view(np.uint8).reshape(len(vals), width), None, valid
-    if pa.types.is_dictionary(arr.type):
-        mat, lens, _ = _column(arr.dictionary, pgtype)
-        idx = pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False)
-        return mat[idx], lens[idx] if valid is None else np.where(valid, lens[idx], 0), valid
-    # PostgreSQL text cannot hold U+0000 (a reject's raw payload can): it becomes U+FFFD,
-    # the character undecodable bytes already become
-    arr = pc.replace_substring(arr.cast(pa.large_string()), "\x00", "\ufffd")
-    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset: arr.offset + len(arr) + 1]
-    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] else np.zeros(1, np.uint8)
-    lens = np.diff(offsets)
-    if valid is not None:
-        lens = np.where(valid, lens, 0)
-    width = int(lens.max()) if len(lens) else 0
-    idx = np.minimum(offsets[:-1, None] + np.arange(width), max(len(data) - 1, 0))
-    return (data[idx] if width else np.zeros((len(lens), 0), np.uint8)), lens, valid
-
-
-def encode_binary_copy(table: pa.Table, pgtypes: list[str],
-                       chunk_bytes: int = 16 << 20) -> Iterator[bytes]:
-    """``table`` in PostgreSQL's binary COPY format (signature ... trailer), in chunks.
-
-    Each row is laid out in a fixed-width byte matrix (field count, then per column a length
-    word and the widest value); null values and the unused tail of shorter strings are then
-    dropped with one boolean mask, so no Python code runs per row.
-    """
-    n = table.num_rows
-    cols = [_column(table.column(i), t) for i, t in enumerate(pgtypes)]
-    width = 2 + sum(4 + m.shape[1] for m, _, _ in cols)
-    rows_per_chunk = max(1, chunk_bytes // width)
-    nfields = np.array([len(cols)], ">i2").view(np.uint8)
-    yield _SIGNATURE
-    for lo in range(0, n, rows_per_chunk):
-        hi = min(n, lo + rows_per_chunk)
-        m = hi - lo
-        buf = np.empty((m, width), np.uint8)
-        keep = None
-        buf[:, 0:2] = nfields
-        pos = 2
-        for mat, lens, valid in cols:
-            w = mat.shape[1]
-            v = None if valid is None else valid[lo:hi]
-            if lens is None:  # fixed width
-                hdr = np.full(m, w, ">i4") if v is None else np.where(v, w, -1).astype(">i4")
-            else:
-                hdr = lens[lo:hi].astype(">i4") if v is None else np.where(v, lens[lo:hi], -1).astype(">i4")
-            buf[:, pos: pos + 4] = hdr.view(np.uint8).reshape(m, 4)
-            buf[:, pos + 4: pos + 4 + w] = mat[lo:hi]
-            if v is not None or (lens is not None and lens[lo:hi].min(initial=w) < w):
-                if keep is None:
-                    keep = np.ones((m, width), np.bool_)
-                if lens is None:
-                    keep[:, pos + 4: pos + 4 + w] = v[:, None]
-                else:
-                    keep[:, pos + 4: pos + 4 + w] = np.arange(w) < lens[lo:hi, None]
-            pos += 4 + w
-        yield (buf[keep] if keep is not None else buf.reshape(-1)).tobytes()
-    yield _TRAILER
