@@ -84,6 +84,7 @@ class BinanceSource:
         self._counts = {"overflow_dropped": 0, "backfills": 0, "backfilled_trades": 0,
                         "backfill_failures": 0, "catch_ups": 0}
         self._skew_ms: float | None = None
+        self._overflowed = False
         self._error: BaseException | None = None
 
     # -- Source protocol ----------------------------------------------------------------
@@ -172,6 +173,11 @@ class BinanceSource:
                 item = None
         if frames:
             yield self._decode_stream(frames)
+        if self._overflowed and self._frames.qsize() < self._frames.maxsize // 2:
+            # frames were not kept: a symbol whose next trade is far off (or never comes)
+            # would not reveal its gap, so fetch everything after each symbol's last id
+            self._overflowed = False
+            self._catch_up()
         while True:
             try:
                 lines = self._results.get_nowait()
@@ -189,10 +195,16 @@ class BinanceSource:
         return sb
 
     def _handle_event(self, event: str) -> None:
-        if event in ("reconnected", "stale") and self.backfill:
-            self._counts["catch_ups"] += 1
-            for sym, last in self._last_id.items():
-                self._request(sym, last + 1, None)
+        if event in ("reconnected", "stale"):
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Fetch every trade after each symbol's last id (trades may have been missed)."""
+        if not self.backfill:
+            return
+        self._counts["catch_ups"] += 1
+        for sym, last in self._last_id.items():
+            self._request(sym, last + 1, None)
 
     def _track(self, tb: TradeBatch, request: bool) -> None:
         """Follow each symbol's last id; a jump asks for the missing ids over REST."""
@@ -294,6 +306,7 @@ class BinanceSource:
             self._frames.put_nowait((ns, frame))
         except queue.Full:
             self._counts["overflow_dropped"] += 1
+            self._overflowed = True  # the consumer catches every symbol up once it drained
 
     def _on_event(self, event: str) -> None:
         try:
