@@ -353,3 +353,27 @@ def pg_dsn(pg_database) -> str:
         con.execute("DROP SCHEMA IF EXISTS public CASCADE")
         con.execute("CREATE SCHEMA public")
     return pg_database
+
+
+#: the Kafka scenario: the real recordings plus three simulated symbols (~650 k trades)
+KAFKA_SIM = ("--source", "simulate", "--symbols", "SOLUSDT,XRPUSDT,ADAUSDT", "--seed", "11",
+             "--duration", "2h", "--speed", "max")
+
+
+def ingest_scenario(broker: str, ws: Workspace, timeout: float = 300) -> None:
+    """Publish the Kafka scenario's inputs with two ``ingest`` runs."""
+    run_cli("ingest", "--broker", broker, "--source", "replay", "--speed", "max",
+            "--replay", BTC_JSONL, "--replay", ETH_JSONL, cwd=ws.root, timeout=timeout)
+    run_cli("ingest", "--broker", broker, *KAFKA_SIM, cwd=ws.root, timeout=timeout)
+
+
+Helpers.ingest_scenario = staticmethod(ingest_scenario)
+
+
+@pytest.fixture(scope="session")
+def kafka_reference(tmp_path_factory) -> Workspace:
+    """The Kafka scenario's inputs through the embedded pipeline: what every Kafka run must store."""
+    ws = Workspace(tmp_path_factory.mktemp("kafka-reference"))
+    ws.replay(BTC_JSONL, ETH_JSONL)
+    run_cli("run", *KAFKA_SIM, "--db", ws.db, "--lake", "off", cwd=ws.root, timeout=300)
+    return ws

@@ -29,7 +29,7 @@ from cryptostream.sinks.base import Checkpoint, stats_rows
 from cryptostream.sinks.fanout import build_sinks
 from cryptostream.sinks.lake import ParquetLake
 from cryptostream.sources.base import SourceStatus
-from cryptostream.transport.channel import InProcessChannel
+from cryptostream.transport.channel import InProcessChannel, feed
 from cryptostream.transport.kafka_admin import (
     CLEAN,
     RAW,
@@ -121,15 +121,7 @@ class IngestPipeline:
                 self._producer.poll(0.1)
 
     def _feed(self) -> None:
-        try:
-            for sb in self.source.batches():
-                if self._stop.is_set():
-                    break
-                self.channel.put(sb)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the main loop
-            self.channel.fail(exc)
-            return
-        self.channel.close()
+        feed(self.source, self.channel, self._stop)
 
     def run(self) -> IngestSummary:
         started_us, t0 = now_us(), time.monotonic()

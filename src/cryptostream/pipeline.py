@@ -26,7 +26,7 @@ from cryptostream.sinks.fanout import build_sinks
 from cryptostream.sinks.lake import ParquetLake
 from cryptostream.sinks.writer import SinkWriter
 from cryptostream.sources.base import NoTrades, Source
-from cryptostream.transport.channel import InProcessChannel
+from cryptostream.transport.channel import InProcessChannel, feed
 
 US = 1_000_000
 HEARTBEAT_S = 1.0
@@ -173,15 +173,7 @@ class EmbeddedPipeline:
         self.source.close()
 
     def _produce(self) -> None:
-        try:
-            for sb in self.source.batches():
-                if self._stop.is_set():
-                    break
-                self.channel.put(sb)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            self.channel.fail(exc)
-            return
-        self.channel.close()
+        feed(self.source, self.channel, self._stop)
 
     # -- main loop --------------------------------------------------------------------
     def run(self, install_signals: bool = True) -> RunSummary:

@@ -16,25 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-SIM = ("--source", "simulate", "--symbols", "SOLUSDT,XRPUSDT,ADAUSDT", "--seed", "11",
-       "--duration", "2h", "--speed", "max")
 PROCESS_OPTS = ("--until-idle", "4", "--session-timeout-ms", "6000", "--lake", "off")
-
-
-@pytest.fixture(scope="module")
-def embedded(cs, tmp_path_factory):
-    """The reference: the same inputs through the embedded pipeline."""
-    ws = cs.Workspace(tmp_path_factory.mktemp("embedded"))
-    ws.replay(cs.real.btc_jsonl, cs.real.eth_jsonl)
-    cs.run_cli("run", *SIM, "--db", ws.db, "--lake", "off", cwd=ws.root, timeout=300)
-    return ws
-
-
-def _ingest(cs, broker: str, ws, timeout: float = 300) -> None:
-    cs.run_cli("ingest", "--broker", broker, "--source", "replay", "--speed", "max",
-               "--replay", cs.real.btc_jsonl, "--replay", cs.real.eth_jsonl, cwd=ws.root,
-               timeout=timeout)
-    cs.run_cli("ingest", "--broker", broker, *SIM, cwd=ws.root, timeout=timeout)
 
 
 def _process_args(broker: str, ws, group: str = "g1") -> list:
@@ -42,12 +24,12 @@ def _process_args(broker: str, ws, group: str = "g1") -> list:
 
 
 def test_kafka_with_one_replica_stores_what_the_embedded_pipeline_stores(cs, workspace, broker,
-                                                                         embedded):
+                                                                         kafka_reference):
     proc = cs.run_cli("topics", "create", "--broker", broker.address, cwd=workspace.root)
     assert "clean_trades: created" in proc.stdout
-    _ingest(cs, broker.address, workspace)
+    cs.ingest_scenario(broker.address, workspace)
     cs.run_cli(*_process_args(broker.address, workspace), cwd=workspace.root, timeout=300)
-    assert cs.assert_same_store(workspace.db, embedded.db) > 200_000
+    assert cs.assert_same_store(workspace.db, kafka_reference.db) > 200_000
     lag = cs.run_cli("topics", "lag", "--broker", broker.address, "--group", "g1",
                      "--format", "json", cwd=workspace.root)
     assert "total lag" in lag.stderr
@@ -60,8 +42,8 @@ def test_kafka_with_one_replica_stores_what_the_embedded_pipeline_stores(cs, wor
 
 
 def test_a_process_replica_killed_again_and_again_stores_the_uninterrupted_result(
-        cs, workspace, broker, embedded):
-    _ingest(cs, broker.address, workspace)
+        cs, workspace, broker, kafka_reference):
+    cs.ingest_scenario(broker.address, workspace)
     kills = 0
     for delay_s in (4.5, 5.5, 6.5, 5.0):
         p = cs.start_cli(*_process_args(broker.address, workspace), cwd=workspace.root)
@@ -72,7 +54,7 @@ def test_a_process_replica_killed_again_and_again_stores_the_uninterrupted_resul
         p.wait(30)
     assert kills >= 3
     cs.run_cli(*_process_args(broker.address, workspace), cwd=workspace.root, timeout=300)
-    cs.assert_same_store(workspace.db, embedded.db)
+    cs.assert_same_store(workspace.db, kafka_reference.db)
 
 
 def test_ingest_waits_for_a_broker_that_is_not_up_yet(cs, workspace):

@@ -18,26 +18,10 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-SIM = ("--source", "simulate", "--symbols", "SOLUSDT,XRPUSDT,ADAUSDT", "--seed", "11",
-       "--duration", "2h", "--speed", "max")
 TRADES = "symbol, trade_id, price, qty, trade_time, is_buyer_maker, is_price_spike"
 AGG = ("symbol, window_start, trade_count, first_trade_id, last_trade_id, missing_trades, "
        "spike_count, open, high, low, close, volume, quote_volume, vwap, price_stddev, buy_volume")
 EXACT = 7  # leading columns compared exactly
-
-
-@pytest.fixture(scope="module")
-def embedded(cs, tmp_path_factory):
-    ws = cs.Workspace(tmp_path_factory.mktemp("embedded-pg"))
-    ws.replay(cs.real.btc_jsonl, cs.real.eth_jsonl)
-    cs.run_cli("run", *SIM, "--db", ws.db, "--lake", "off", cwd=ws.root, timeout=300)
-    return ws
-
-
-def _ingest(cs, broker: str, ws) -> None:
-    cs.run_cli("ingest", "--broker", broker, "--source", "replay", "--speed", "max",
-               "--replay", cs.real.btc_jsonl, "--replay", cs.real.eth_jsonl, cwd=ws.root, timeout=300)
-    cs.run_cli("ingest", "--broker", broker, *SIM, cwd=ws.root, timeout=300)
 
 
 def _process(cs, broker: str, dsn: str, ws, idle: str = "6"):
@@ -51,16 +35,16 @@ def _wait_ok(*procs, timeout: float = 300) -> None:
         assert p.returncode == 0, err[-3000:]
 
 
-def _assert_same_as_embedded(cs, dsn: str, embedded) -> None:
+def _assert_same_as_embedded(cs, dsn: str, reference) -> None:
     with psycopg.connect(dsn) as pg:
         pg.execute("SET TimeZone = 'UTC'")
         got = pg.execute(f"SELECT {TRADES} FROM trades ORDER BY symbol, trade_id").fetchall()
-        want = cs.store_rows(embedded.db, "trades", TRADES, "symbol, trade_id")
+        want = cs.store_rows(reference.db, "trades", TRADES, "symbol, trade_id")
         assert len(got) == len(want) > 200_000
         assert got == want
         for table in ("agg_1m", "agg_5m_1m"):
             g = pg.execute(f"SELECT {AGG} FROM {table} ORDER BY symbol, window_start").fetchall()
-            w = cs.store_rows(embedded.db, table, AGG, "symbol, window_start")
+            w = cs.store_rows(reference.db, table, AGG, "symbol, window_start")
             assert [r[:EXACT] for r in g] == [r[:EXACT] for r in w], table
             for a, b in zip(g, w, strict=True):
                 assert all((x is None and y is None) or math.isclose(x, y, rel_tol=1e-9)
@@ -68,15 +52,15 @@ def _assert_same_as_embedded(cs, dsn: str, embedded) -> None:
 
 
 def test_two_replicas_with_one_joining_and_leaving_store_the_embedded_result(
-        cs, workspace, broker, pg_dsn, embedded):
-    _ingest(cs, broker.address, workspace)
+        cs, workspace, broker, pg_dsn, kafka_reference):
+    cs.ingest_scenario(broker.address, workspace)
     a = _process(cs, broker.address, pg_dsn, workspace)
     time.sleep(5)  # a owns every partition and is consuming
     b = _process(cs, broker.address, pg_dsn, workspace)
     time.sleep(7)  # rebalance: b takes half the partitions over, from a's checkpoints
     b.send_signal(signal.SIGTERM)  # b leaves: its partitions go back to a
     _wait_ok(b, a)
-    _assert_same_as_embedded(cs, pg_dsn, embedded)
+    _assert_same_as_embedded(cs, pg_dsn, kafka_reference)
     with psycopg.connect(pg_dsn) as pg:
         parts = pg.execute("SELECT count(*) FROM consumer_checkpoints WHERE topic = 'clean_trades'"
                            ).fetchone()[0]
@@ -84,8 +68,8 @@ def test_two_replicas_with_one_joining_and_leaving_store_the_embedded_result(
 
 
 def test_two_replicas_survive_their_database_connections_being_killed(
-        cs, workspace, broker, pg_dsn, embedded):
-    _ingest(cs, broker.address, workspace)
+        cs, workspace, broker, pg_dsn, kafka_reference):
+    cs.ingest_scenario(broker.address, workspace)
     procs = [_process(cs, broker.address, pg_dsn, workspace) for _ in range(2)]
     db = pg_dsn.rsplit("/", 1)[1]
     killed = []
@@ -103,4 +87,4 @@ def test_two_replicas_survive_their_database_connections_being_killed(
     t.join()
     _wait_ok(*procs)
     assert sum(killed) >= 2
-    _assert_same_as_embedded(cs, pg_dsn, embedded)
+    _assert_same_as_embedded(cs, pg_dsn, kafka_reference)

@@ -67,3 +67,17 @@ class InProcessChannel:
 
     def depth(self) -> int:
         return self._q.qsize()
+
+
+def feed(source, channel: InProcessChannel, stop) -> None:
+    """Run ``source`` into ``channel`` until it ends or ``stop`` (an Event) is set; an error
+    is handed to the consumer, which re-raises it from ``get`` (the body of a source thread)."""
+    try:
+        for sb in source.batches():
+            if stop.is_set():
+                break
+            channel.put(sb)
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+        channel.fail(exc)
+        return
+    channel.close()
