@@ -67,16 +67,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from bench_machine import log, machine_info, version
+from bench_report import EXACT_COLS, FLOAT_COLS, TABLES
 
 CLEAN = "clean_trades"
 TARGET_E2E = 300_000  # trades/s end to end with 2 replicas
 TARGET_REPLICAS = 2
-TABLES = ("agg_1m", "agg_5m_1m")
-EXACT_COLS = ("trade_count", "first_trade_id", "last_trade_id", "spike_count", "missing_trades",
-              "window_end")
-FLOAT_COLS = ("open", "high", "low", "close", "volume", "quote_volume", "vwap", "avg_price",
-              "price_stddev", "buy_volume", "sell_volume", "buy_sell_ratio", "trade_intensity",
-              "range_pct", "return_pct")
 SYMBOL_POOL = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "LTCUSDT", "TRXUSDT", "DOTUSDT", "AVAXUSDT", "LINKUSDT", "MATICUSDT", "ATOMUSDT", "UNIUSDT", "ETCUSDT", "XLMUSDT", "BCHUSDT", "FILUSDT", "NEARUSDT", "APTUSDT", "ARBUSDT", "OPUSDT", "SHIBUSDT", "PEPEUSDT", "SUIUSDT", "TONUSDT", "ICPUSDT", "HBARUSDT", "VETUSDT", "AAVEUSDT", "ALGOUSDT", "SANDUSDT", "MANAUSDT", "AXSUSDT", "EGLDUSDT", "THETAUSDT", "XTZUSDT", "EOSUSDT", "FTMUSDT", "GRTUSDT", "INJUSDT", "RUNEUSDT", "KAVAUSDT", "CRVUSDT", "MKRUSDT", "SNXUSDT", "COMPUSDT", "ZECUSDT", "DASHUSDT", "NEOUSDT", "QTUMUSDT", "IOTAUSDT", "ZILUSDT", "ENJUSDT", "CHZUSDT", "BATUSDT"]
 PROFILE_FUNCS = {  # role -> (label, file suffix, function name): cumulative seconds
     "ingest": [

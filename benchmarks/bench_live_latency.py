@@ -772,21 +772,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text_table(rows))
     print()
-    print("Where the time goes (ms, p50 / p99 / max)")
-    for line in breakdown:
-        print("  " + line)
-    print()
-    print("Targets")
-    for line in targets:
-        print("  " + line)
-    print()
-    print("Checks")
-    for line in checks:
-        print("  " + line)
-    print()
-    print("Caveats")
-    for line in caveats:
-        print("  " + line)
+    sections = {"Where the time goes (ms, p50 / p99 / max)": breakdown, "Targets": targets,
+                "Checks": checks, "Caveats": caveats}
+    for title, lines in sections.items():
+        print(title)
+        for line in lines:
+            print("  " + line)
+        print()
     if args.record:
         cmd = "python benchmarks/bench_live_latency.py " + " ".join(
             a for a in (argv if argv is not None else sys.argv[1:]))
