@@ -39,3 +39,7 @@ class MissingDependency(CryptoStreamError, ImportError):
         )
         self.module = module
         self.extra = extra
+
+
+class ModelError(CryptoStreamError):
+    """A saved model cannot be used (corrupted or foreign file, incompatible features)."""

@@ -296,3 +296,63 @@ TRADE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("recv_latency_ms", "DOUBLE"),
     ("source", "VARCHAR"),
 )
+
+#: ``anomalies``: one row per (symbol, window_start, detector) once the detector is warm.
+#: ``top_features`` is a JSON list of {"feature", "value"} (the largest |robust z| first).
+ANOMALY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("symbol", "VARCHAR"),
+    ("window_start", "TIMESTAMPTZ"),
+    ("detector", "VARCHAR"),
+    ("score", "DOUBLE"),
+    ("threshold", "DOUBLE"),
+    ("is_anomaly", "BOOLEAN"),
+    ("model_version", "VARCHAR"),
+    ("top_features", "VARCHAR"),
+    ("scored_at", "TIMESTAMPTZ"),
+)
+ANOMALY_KEY = ("symbol", "window_start", "detector")
+
+#: ``predictions``: the forecast of a window's VWAP and close, made when the window before
+#: it (``base_window_start``, whose actual value is ``base_value``) closed.
+PREDICTION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("symbol", "VARCHAR"),
+    ("target_window_start", "TIMESTAMPTZ"),
+    ("model", "VARCHAR"),
+    ("target", "VARCHAR"),  # 'vwap' or 'close'
+    ("predicted", "DOUBLE"),
+    ("base_window_start", "TIMESTAMPTZ"),
+    ("base_value", "DOUBLE"),
+    ("made_at", "TIMESTAMPTZ"),
+    ("model_version", "VARCHAR"),
+)
+PREDICTION_KEY = ("symbol", "target_window_start", "model", "target")
+
+#: ``prediction_errors``: a prediction scored when its target window closed.
+PREDICTION_ERROR_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("symbol", "VARCHAR"),
+    ("target_window_start", "TIMESTAMPTZ"),
+    ("model", "VARCHAR"),
+    ("target", "VARCHAR"),
+    ("predicted", "DOUBLE"),
+    ("actual", "DOUBLE"),
+    ("error", "DOUBLE"),  # predicted - actual
+    ("abs_error", "DOUBLE"),
+    ("pct_error", "DOUBLE"),  # |error| / actual * 100
+    ("direction_correct", "BOOLEAN"),  # sign(predicted - base) == sign(actual - base)
+    ("model_version", "VARCHAR"),
+    ("scored_at", "TIMESTAMPTZ"),
+)
+
+#: ``ml_status``: what each model is doing per symbol, for the dashboard ("warming up").
+ML_STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("symbol", "VARCHAR"),
+    ("component", "VARCHAR"),  # a model or detector name
+    ("kind", "VARCHAR"),  # 'forecaster' or 'detector'
+    ("state", "VARCHAR"),  # 'warming_up', 'ready', 'failed'
+    ("history", "BIGINT"),  # closed windows seen
+    ("needed", "BIGINT"),  # windows needed before it predicts / flags
+    ("model_version", "VARCHAR"),
+    ("detail", "VARCHAR"),
+    ("updated_at", "TIMESTAMPTZ"),
+)
+ML_STATUS_KEY = ("symbol", "component")

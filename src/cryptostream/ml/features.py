@@ -1,0 +1,256 @@
+"""Window features shared by training, live scoring and evaluation (no train/serve skew).
+
+Input is a symbol's closed 1-minute windows in time order as ``Bars`` (from ``agg_1m`` rows
+or from kline files); output is one row of features per window, computed only from that
+window and the windows *before* it (a test proves that truncating the series after row t
+leaves row t unchanged). Rolling statistics count windows (rows), not minutes: after a gap
+in the data the previous window is the last one that exists.
+
+>>> b = Bars.from_rows("X", [{"window_start_ms": i * 60_000, "open": 1.0, "high": 1.0 + i,
+...     "low": 1.0, "close": 1.0 + i, "volume": 2.0, "quote_volume": 2.0 + 2 * i,
+...     "trade_count": 4, "buy_volume": 1.5, "spike_count": 0} for i in range(3)])
+>>> f = compute(b)
+>>> f["vwap"].tolist(), float(f["imbalance"][0]), bool(np.isnan(f["ret_log"][0]))
+([1.0, 2.0, 3.0], 0.5, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterable, Mapping
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+#: windows of history the robust z-scores compare against (median / MAD of the previous N)
+ROBUST_N = 30
+#: fewest previous windows a robust z-score needs before it is defined
+ROBUST_MIN = 10
+#: rows a symbol needs before every feature is defined (the live warm-up floor)
+WARMUP_WINDOWS = ROBUST_N + 1
+MAD_SCALE = 1.4826  # MAD -> standard deviation for normal data
+
+#: every feature, in the order of ``compute``'s output (the dashboard's "contributing features")
+FEATURES = (
+    "vwap", "ret_log", "change", "change_pct", "ma5", "ma10", "std5", "std10",
+    "ma5_rel", "ma10_rel", "std5_rel", "std10_rel", "volume_z", "count_z", "log_volume_z",
+    "log_count_z", "ret_z", "range_z", "value_per_trade", "spike_rate", "imbalance",
+    "range_pct", "vwap_minus_close", "vwap_close_bps",
+)
+#: scale-free inputs of the forecasters: the seed features (rolling means 5/10, rolling std 5,
+#: price change, change %, volume z-score), made relative to the current VWAP
+FORECAST_FEATURES = ("ma5_rel", "ma10_rel", "std5_rel", "ret_log", "change_pct", "volume_z")
+#: inputs of the anomaly detectors: each is ~N(0, 1)-scaled against the symbol's own history
+ANOMALY_FEATURES = ("ret_z", "log_volume_z", "log_count_z", "range_z", "imbalance")
+
+
+@dataclass(frozen=True, slots=True)
+class Bars:
+    """One symbol's 1-minute windows, column by column, sorted by ``start_ms``."""
+
+    symbol: str
+    start_ms: np.ndarray  # int64, window start (Unix ms)
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray  # base asset
+    quote_volume: np.ndarray
+    trade_count: np.ndarray  # float64 (counts)
+    buy_volume: np.ndarray  # taker-buy base volume
+    spike_count: np.ndarray  # float64, NaN when the input does not know (klines)
+
+    def __len__(self) -> int:
+        return len(self.start_ms)
+
+    @property
+    def vwap(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.volume > 0, self.quote_volume / self.volume, np.nan)
+
+    @classmethod
+    def from_rows(cls, symbol: str, rows: Iterable[Mapping]) -> Bars:
+        """From ``agg_1m``-like mappings; ``window_start_ms`` or a ``window_start`` datetime."""
+        rows = list(rows)
+
+        def col(name: str, default: float = np.nan) -> np.ndarray:
+            return np.array([_num(r.get(name), default) for r in rows], np.float64)
+
+        starts = np.array([_start_ms(r) for r in rows], np.int64)
+        return cls(symbol, starts, col("open"), col("high"), col("low"), col("close"),
+                   col("volume"), col("quote_volume"), col("trade_count"),
+                   col("buy_volume"), col("spike_count")).sorted()
+
+    @classmethod
+    def from_columns(cls, symbol: str, cols: Mapping[str, np.ndarray]) -> Bars:
+        n = len(cols["start_ms"])
+        nan = np.full(n, np.nan)
+        get = {f.name: np.asarray(cols.get(f.name, nan), np.float64) for f in fields(cls)
+               if f.name not in ("symbol", "start_ms")}
+        return cls(symbol, np.asarray(cols["start_ms"], np.int64), **get).sorted()
+
+    def sorted(self) -> Bars:
+        if len(self) < 2 or bool(np.all(np.diff(self.start_ms) > 0)):
+            return self
+        # one row per window: the last occurrence of a start wins (a corrected re-emission)
+        order = np.argsort(self.start_ms, kind="stable")
+        s = self.start_ms[order]
+        keep = order[np.append(s[1:] != s[:-1], True)]
+        return self.take(keep)
+
+    def take(self, idx) -> Bars:
+        return Bars(self.symbol, *(getattr(self, f.name)[idx] for f in fields(self)[1:]))
+
+    def tail(self, n: int) -> Bars:
+        return self.take(slice(max(0, len(self) - n), None))
+
+    def append(self, other: Bars) -> Bars:
+        return Bars(self.symbol, *(np.concatenate([getattr(self, f.name), getattr(other, f.name)])
+                                   for f in fields(self)[1:])).sorted()
+
+
+def _num(v, default: float) -> float:
+    return default if v is None else float(v)
+
+
+def _start_ms(r: Mapping) -> int:
+    if "window_start_ms" in r:
+        return int(r["window_start_ms"])
+    ws = r["window_start"]
+    if hasattr(ws, "timestamp"):
+        return int(round(ws.timestamp() * 1000))
+    return int(ws) // 1000  # µs, as the engine emits it
+
+
+def _rolling(x: np.ndarray, n: int, fn) -> np.ndarray:
+    """fn over the window of the last n rows *including* row t; NaN until n rows exist."""
+    out = np.full(len(x), np.nan)
+    if len(x) >= n:
+        out[n - 1 :] = fn(sliding_window_view(x, n), axis=1)
+    return out
+
+
+def robust_z(x: np.ndarray, n: int = ROBUST_N, min_n: int = ROBUST_MIN) -> np.ndarray:
+    """(x_t - median) / (1.4826 MAD) over the previous ``n`` rows (row t itself excluded).
+
+    NaN until ``min_n`` previous rows exist; NaN values in the history are skipped. A flat
+    history (MAD 0) uses a floor of 1e-9 of the median's size, so a change from a constant
+    shows as a very large score rather than a division by zero.
+
+    >>> z = robust_z(np.array([1.0, 2, 1, 2, 1, 2, 1, 2, 1, 2, 10]), n=10, min_n=10)
+    >>> bool(np.isnan(z[9])), round(float(z[10]), 2)
+    (True, 11.47)
+    """
+    m = len(x)
+    out = np.full(m, np.nan)
+    if m <= min_n:
+        return out
+    padded = np.concatenate([np.full(n, np.nan), x[:-1]])
+    win = sliding_window_view(padded, n)  # win[t] = x[t-n : t]
+    enough = np.sum(~np.isnan(win), axis=1) >= min_n
+    idx = np.flatnonzero(enough)
+    if len(idx):
+        w = win[idx]
+        med = np.nanmedian(w, axis=1)
+        mad = np.nanmedian(np.abs(w - med[:, None]), axis=1) * MAD_SCALE
+        floor = np.maximum(np.abs(med) * 1e-9, 1e-12)
+        out[idx] = (x[idx] - med) / np.maximum(mad, floor)
+    return out
+
+
+def compute(bars: Bars) -> dict[str, np.ndarray]:
+    """Every feature in ``FEATURES`` for every row of ``bars`` (NaN where undefined)."""
+    vwap = bars.vwap
+    prev = np.concatenate([[np.nan], vwap[:-1]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ret_log = np.log(vwap / prev)
+        change = vwap - prev
+        change_pct = change / prev * 100.0
+        ma5, ma10 = _rolling(vwap, 5, np.mean), _rolling(vwap, 10, np.mean)
+        std5, std10 = _rolling(vwap, 5, np.std), _rolling(vwap, 10, np.std)
+        volume = bars.volume
+        count = bars.trade_count
+        range_pct = (bars.high - bars.low) / bars.low * 100.0
+        # a window without trades is as far below normal as the data allows (no look-ahead)
+        log_volume = np.log(np.maximum(volume, 1e-12))
+        log_count = np.log(np.maximum(count, 1e-12))
+        buy = bars.buy_volume
+        f = {
+            "vwap": vwap,
+            "ret_log": ret_log,
+            "change": change,
+            "change_pct": change_pct,
+            "ma5": ma5,
+            "ma10": ma10,
+            "std5": std5,
+            "std10": std10,
+            "ma5_rel": ma5 / vwap - 1.0,
+            "ma10_rel": ma10 / vwap - 1.0,
+            "std5_rel": std5 / vwap,
+            "std10_rel": std10 / vwap,
+            "volume_z": robust_z(volume),
+            "count_z": robust_z(count),
+            "log_volume_z": robust_z(log_volume),
+            "log_count_z": robust_z(log_count),
+            "ret_z": robust_z(ret_log),
+            "range_z": robust_z(range_pct),
+            "value_per_trade": np.where(count > 0, bars.quote_volume / count, np.nan),
+            "spike_rate": np.where(count > 0, bars.spike_count / count, np.nan),
+            "imbalance": np.where(volume > 0, (2.0 * buy - volume) / volume, np.nan),
+            "range_pct": range_pct,
+            "vwap_minus_close": vwap - bars.close,
+            "vwap_close_bps": (vwap / bars.close - 1.0) * 1e4,
+        }
+    return f
+
+
+def matrix(feats: Mapping[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+    """The named feature columns as a 2-D array (rows x len(names))."""
+    return np.column_stack([np.asarray(feats[n], np.float64) for n in names])
+
+
+def row(feats: Mapping[str, np.ndarray], i: int, names: tuple[str, ...] = FEATURES) -> dict:
+    """Row ``i`` of ``compute``'s output as a mapping (what ``predict_one`` takes)."""
+    return {n: float(feats[n][i]) for n in names}
+
+
+def complete(x: Mapping[str, float]) -> bool:
+    """True when every value is a finite number (a model can use the row)."""
+    return all(np.isfinite(v) for v in x.values())
+
+
+def next_log_return(bars: Bars) -> np.ndarray:
+    """The forecast target per row t: ln(VWAP[t+1] / VWAP[t]) (NaN for the last row)."""
+    v = bars.vwap
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.append(np.log(v[1:] / v[:-1]), np.nan)
+
+
+class FeatureState:
+    """One symbol's recent windows for live scoring: ``push`` a closed window, get its
+    features computed by the same ``compute`` as training (over the last ``keep`` rows)."""
+
+    def __init__(self, symbol: str, keep: int = 2 * WARMUP_WINDOWS):
+        self.symbol = symbol
+        self.keep = max(keep, WARMUP_WINDOWS)
+        self.bars: Bars | None = None
+        self.seen = 0  # windows pushed since start (history size for warm-up decisions)
+
+    @property
+    def last_start_ms(self) -> int | None:
+        return None if self.bars is None or not len(self.bars) else int(self.bars.start_ms[-1])
+
+    def push(self, bars: Bars) -> list[tuple[int, dict[str, float]]]:
+        """Add the windows newer than the last one pushed (older ones are re-emissions and
+        are ignored); returns ``(start_ms, features)`` for each new window, oldest first."""
+        last = self.last_start_ms
+        if last is not None:
+            bars = bars.take(bars.start_ms > last)
+        out = []
+        for i in range(len(bars)):
+            one = bars.take(slice(i, i + 1))
+            self.bars = one if self.bars is None else self.bars.append(one)
+            self.bars = self.bars.tail(self.keep)
+            self.seen += 1
+            out.append((int(one.start_ms[0]), row(compute(self.bars), len(self.bars) - 1)))
+        return out
