@@ -356,3 +356,12 @@ ML_STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("updated_at", "TIMESTAMPTZ"),
 )
 ML_STATUS_KEY = ("symbol", "component")
+
+#: the ML tables: name -> (columns, primary key). Rows are upserted by key (a re-scored
+#: window replaces its row, so a replay after a crash writes the same keys again).
+ML_TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
+    "anomalies": (ANOMALY_COLUMNS, ANOMALY_KEY),
+    "predictions": (PREDICTION_COLUMNS, PREDICTION_KEY),
+    "prediction_errors": (PREDICTION_ERROR_COLUMNS, PREDICTION_KEY),
+    "ml_status": (ML_STATUS_COLUMNS, ML_STATUS_KEY),
+}

@@ -22,7 +22,8 @@ instead. Errors loading a saved model raise ``errors.ModelError`` (see ``ml.pers
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

@@ -16,8 +16,8 @@ in the data the previous window is the last one that exists.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Iterable, Mapping
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -29,6 +29,10 @@ ROBUST_MIN = 10
 #: rows a symbol needs before every feature is defined (the live warm-up floor)
 WARMUP_WINDOWS = ROBUST_N + 1
 MAD_SCALE = 1.4826  # MAD -> standard deviation for normal data
+Z_CLIP = 100.0  # robust z-scores are clipped to ±Z_CLIP
+#: smallest scale of a log-ratio z-score: 5 % (volume, count, range) / 0.1 bp (returns)
+LOG_FLOOR = 0.05
+RET_FLOOR = 1e-5
 
 #: every feature, in the order of ``compute``'s output (the dashboard's "contributing features")
 FEATURES = (
@@ -70,7 +74,8 @@ class Bars:
 
     @classmethod
     def from_rows(cls, symbol: str, rows: Iterable[Mapping]) -> Bars:
-        """From ``agg_1m``-like mappings; ``window_start_ms`` or a ``window_start`` datetime."""
+        """From ``agg_1m``-like mappings: ``window_start_ms``, ``window_start_us`` (engine rows)
+        or a ``window_start`` datetime (rows read from a store)."""
         rows = list(rows)
 
         def col(name: str, default: float = np.nan) -> np.ndarray:
@@ -116,10 +121,9 @@ def _num(v, default: float) -> float:
 def _start_ms(r: Mapping) -> int:
     if "window_start_ms" in r:
         return int(r["window_start_ms"])
-    ws = r["window_start"]
-    if hasattr(ws, "timestamp"):
-        return int(round(ws.timestamp() * 1000))
-    return int(ws) // 1000  # µs, as the engine emits it
+    if "window_start_us" in r:  # as the engine emits windows
+        return int(r["window_start_us"]) // 1000
+    return round(r["window_start"].timestamp() * 1000)  # a datetime read from a store
 
 
 def _rolling(x: np.ndarray, n: int, fn) -> np.ndarray:
@@ -130,12 +134,15 @@ def _rolling(x: np.ndarray, n: int, fn) -> np.ndarray:
     return out
 
 
-def robust_z(x: np.ndarray, n: int = ROBUST_N, min_n: int = ROBUST_MIN) -> np.ndarray:
-    """(x_t - median) / (1.4826 MAD) over the previous ``n`` rows (row t itself excluded).
+def robust_z(x: np.ndarray, n: int = ROBUST_N, min_n: int = ROBUST_MIN,
+             floor: float = 0.0, rel_floor: float = 1e-9) -> np.ndarray:
+    """(x_t - median) / (1.4826 MAD) over the previous ``n`` rows (row t itself excluded),
+    clipped to ±``Z_CLIP``.
 
-    NaN until ``min_n`` previous rows exist; NaN values in the history are skipped. A flat
-    history (MAD 0) uses a floor of 1e-9 of the median's size, so a change from a constant
-    shows as a very large score rather than a division by zero.
+    NaN until ``min_n`` previous rows exist; NaN values in the history are skipped. The
+    scale never drops below ``floor`` nor ``rel_floor`` × |median|: real minutes can be flat
+    for a while (a one-tick range ten times in a row), and without a floor the next
+    ordinary minute would score in the millions.
 
     >>> z = robust_z(np.array([1.0, 2, 1, 2, 1, 2, 1, 2, 1, 2, 10]), n=10, min_n=10)
     >>> bool(np.isnan(z[9])), round(float(z[10]), 2)
@@ -153,8 +160,8 @@ def robust_z(x: np.ndarray, n: int = ROBUST_N, min_n: int = ROBUST_MIN) -> np.nd
         w = win[idx]
         med = np.nanmedian(w, axis=1)
         mad = np.nanmedian(np.abs(w - med[:, None]), axis=1) * MAD_SCALE
-        floor = np.maximum(np.abs(med) * 1e-9, 1e-12)
-        out[idx] = (x[idx] - med) / np.maximum(mad, floor)
+        scale = np.maximum(np.maximum(np.abs(med) * rel_floor, floor), 1e-12)
+        out[idx] = np.clip((x[idx] - med) / np.maximum(mad, scale), -Z_CLIP, Z_CLIP)
     return out
 
 
@@ -188,12 +195,12 @@ def compute(bars: Bars) -> dict[str, np.ndarray]:
             "ma10_rel": ma10 / vwap - 1.0,
             "std5_rel": std5 / vwap,
             "std10_rel": std10 / vwap,
-            "volume_z": robust_z(volume),
-            "count_z": robust_z(count),
-            "log_volume_z": robust_z(log_volume),
-            "log_count_z": robust_z(log_count),
-            "ret_z": robust_z(ret_log),
-            "range_z": robust_z(range_pct),
+            "volume_z": robust_z(volume, rel_floor=0.01),
+            "count_z": robust_z(count, rel_floor=0.01),
+            "log_volume_z": robust_z(log_volume, floor=LOG_FLOOR),
+            "log_count_z": robust_z(log_count, floor=LOG_FLOOR),
+            "ret_z": robust_z(ret_log, floor=RET_FLOOR),
+            "range_z": robust_z(np.log(np.maximum(range_pct, 1e-6)), floor=LOG_FLOOR),
             "value_per_trade": np.where(count > 0, bars.quote_volume / count, np.nan),
             "spike_rate": np.where(count > 0, bars.spike_count / count, np.nan),
             "imbalance": np.where(volume > 0, (2.0 * buy - volume) / volume, np.nan),

@@ -135,6 +135,8 @@ class Output:
     windows: dict[str, list[dict]] = field(default_factory=dict)
     #: reference ticks polled beside the trades (CoinGecko), passed through to the sinks
     reference_prices: list = field(default_factory=list)
+    #: rows of the ML tables (``model.ML_TABLES``) derived from closed windows, by table
+    ml: dict[str, list[dict]] = field(default_factory=dict)
 
     def extend(self, other: Output) -> None:
         self.trades.extend(other.trades)
@@ -143,6 +145,8 @@ class Output:
         self.gaps.extend(other.gaps)
         for table, rows in other.windows.items():
             self.windows.setdefault(table, []).extend(rows)
+        for table, rows in other.ml.items():
+            self.ml.setdefault(table, []).extend(rows)
 
     @property
     def window_count(self) -> int:

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
-from cryptostream.model import AGG_COLUMNS, NO_TIME
+from cryptostream.model import AGG_COLUMNS, ML_TABLES, NO_TIME
 from cryptostream.processing.engine import Output, SymbolCounters
 from cryptostream.sources.base import SourceStatus
 
@@ -109,6 +109,28 @@ def windows_table(rows: list[dict]) -> pa.Table:
         else:
             data[name] = pa.array([r[name] for r in rows], _AGG_SCHEMA.field(name).type)
     return pa.table(data, schema=_AGG_SCHEMA)
+
+
+_ARROW_TYPES = {"VARCHAR": pa.string(), "DOUBLE": pa.float64(), "BIGINT": pa.int64(),
+                "BOOLEAN": pa.bool_()}
+
+
+def ml_tables(output: Output) -> list[tuple[str, pa.Table]]:
+    """The ML rows of ``output`` as Arrow tables in ``model.ML_TABLES`` column order.
+    Times come as ``<column>_us`` integers (like the window rows); absent values as None."""
+    out = []
+    for table, rows in output.ml.items():
+        if not rows:
+            continue
+        columns, _ = ML_TABLES[table]
+        data = {}
+        for name, typ in columns:
+            if typ == "TIMESTAMPTZ":
+                data[name] = pa.array([r.get(name + "_us") for r in rows], pa.int64()).cast(TS)
+            else:
+                data[name] = pa.array([r.get(name) for r in rows], _ARROW_TYPES[typ])
+        out.append((table, pa.table(data)))
+    return out
 
 
 def rejects_table(output: Output, now_us: int) -> pa.Table | None:

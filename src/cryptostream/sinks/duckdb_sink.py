@@ -1,4 +1,4 @@
-"""DuckDB sink: the store of record (trades, window tables, rejects, gaps, pipeline_stats).
+"""DuckDB sink: the store of record (trades, window tables, rejects, gaps, stats, ML tables).
 
 DuckDB allows a single writer process. While the pipeline runs it owns the file and serves
 read-only queries to other processes through ``cryptostream.query`` (see there); when no
@@ -23,11 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cryptostream.errors import SinkError
-from cryptostream.model import AGG_COLUMNS, TRADE_COLUMNS, WindowSpec
+from cryptostream.model import AGG_COLUMNS, ML_TABLES, TRADE_COLUMNS, WindowSpec
 from cryptostream.processing.engine import Output
 from cryptostream.sinks.base import (
     Checkpoint,
     gaps_table,
+    ml_tables,
     reference_table,
     rejects_table,
     stats_table,
@@ -89,6 +90,12 @@ def trades_ddl() -> str:
     return "CREATE TABLE IF NOT EXISTS trades (" + ", ".join(f"{n} {t}" for n, t in TRADE_COLUMNS) + ")"
 
 
+def ml_ddl(table: str) -> str:
+    columns, key = ML_TABLES[table]
+    cols = ", ".join(f"{n} {t}" for n, t in columns)
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY ({', '.join(key)}))"
+
+
 def _upsert_sql(table: str, columns: list[str], key: tuple[str, ...], change: tuple[str, ...] | None) -> str:
     sets = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
     where = ""
@@ -114,6 +121,8 @@ class DuckDBSink:
                                  _AGG_DATA_COLUMNS)
             for w in windows
         }
+        self._ml_sql = {t: _upsert_sql(t, [c for c, _ in cols], key, None)
+                        for t, (cols, key) in ML_TABLES.items()}
 
     def open(self) -> None:
         if self.path.parent and not self.path.parent.exists():
@@ -132,6 +141,8 @@ class DuckDBSink:
             self.con.execute(agg_ddl(w.table))
         for ddl in (REJECTS_DDL, GAPS_DDL, STATS_DDL, REFERENCE_DDL, CHECKPOINTS_DDL):
             self.con.execute(ddl)
+        for table in ML_TABLES:
+            self.con.execute(ml_ddl(table))
         for col, typ in STATS_ADDED:
             self.con.execute(f"ALTER TABLE pipeline_stats ADD COLUMN IF NOT EXISTS {col} {typ}")
         # id ranges stored before this run: a batch wholly outside its symbol's range cannot
@@ -154,6 +165,7 @@ class DuckDBSink:
         gaps = gaps_table(output)
         stat = stats_table(stats)
         ref = reference_table(output)
+        ml = ml_tables(output)
         with self.lock:
             con.execute("BEGIN")
             try:
@@ -171,6 +183,8 @@ class DuckDBSink:
                 if ref is not None:  # a poll repeating an unchanged tick is not stored twice
                     self._run("INSERT INTO reference_prices SELECT * FROM batch "
                               "ON CONFLICT (asset, symbol, last_updated_at) DO NOTHING", ref)
+                for table, batch in ml:
+                    self._run(self._ml_sql[table], batch)
                 if stat is not None:
                     self._run(_upsert_sql("pipeline_stats", stat.column_names,
                                           ("run_id", "symbol"), None), stat)

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from cryptostream.errors import SinkError
-from cryptostream.model import AGG_COLUMNS, WindowSpec
+from cryptostream.model import AGG_COLUMNS, ML_TABLES, WindowSpec
 
 #: key of the advisory lock serialising schema changes (per database): "cs-schem" in ASCII
 LOCK_KEY = 0x63732D736368656D
@@ -99,12 +99,35 @@ MIGRATIONS: tuple[Migration, ...] = (
             next_offset BIGINT NOT NULL, state BYTEA, updated_at TIMESTAMPTZ,
             PRIMARY KEY (group_id, topic, "partition"))""",
     )),
+    Migration(5, "ML tables: anomalies, predictions, prediction_errors, ml_status", (
+        """CREATE TABLE IF NOT EXISTS anomalies (
+            symbol TEXT NOT NULL, window_start TIMESTAMPTZ NOT NULL, detector TEXT NOT NULL,
+            score DOUBLE PRECISION, threshold DOUBLE PRECISION, is_anomaly BOOLEAN,
+            model_version TEXT, top_features TEXT, scored_at TIMESTAMPTZ,
+            PRIMARY KEY (symbol, window_start, detector))""",
+        """CREATE TABLE IF NOT EXISTS predictions (
+            symbol TEXT NOT NULL, target_window_start TIMESTAMPTZ NOT NULL, model TEXT NOT NULL,
+            target TEXT NOT NULL, predicted DOUBLE PRECISION, base_window_start TIMESTAMPTZ,
+            base_value DOUBLE PRECISION, made_at TIMESTAMPTZ, model_version TEXT,
+            PRIMARY KEY (symbol, target_window_start, model, target))""",
+        """CREATE TABLE IF NOT EXISTS prediction_errors (
+            symbol TEXT NOT NULL, target_window_start TIMESTAMPTZ NOT NULL, model TEXT NOT NULL,
+            target TEXT NOT NULL, predicted DOUBLE PRECISION, actual DOUBLE PRECISION,
+            error DOUBLE PRECISION, abs_error DOUBLE PRECISION, pct_error DOUBLE PRECISION,
+            direction_correct BOOLEAN, model_version TEXT, scored_at TIMESTAMPTZ,
+            PRIMARY KEY (symbol, target_window_start, model, target))""",
+        """CREATE TABLE IF NOT EXISTS ml_status (
+            symbol TEXT NOT NULL, component TEXT NOT NULL, kind TEXT, state TEXT,
+            history BIGINT, needed BIGINT, model_version TEXT, detail TEXT,
+            updated_at TIMESTAMPTZ, PRIMARY KEY (symbol, component))""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
 
 #: tables every store has (besides the window tables)
-FIXED_TABLES = ("trades", "rejects", "gaps", "pipeline_stats", "reference_prices")
+FIXED_TABLES = ("trades", "rejects", "gaps", "pipeline_stats", "reference_prices",
+                *ML_TABLES)
 
 _MIGRATIONS_DDL = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), description TEXT)"""

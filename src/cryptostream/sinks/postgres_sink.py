@@ -46,12 +46,13 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cryptostream.errors import SinkError
-from cryptostream.model import WindowSpec
+from cryptostream.model import ML_TABLES, WindowSpec
 from cryptostream.processing.engine import Output
 from cryptostream.sinks import postgres_schema as schema
 from cryptostream.sinks.base import (
     Checkpoint,
     gaps_table,
+    ml_tables,
     reference_table,
     rejects_table,
     stats_table,
@@ -202,6 +203,7 @@ class PostgresSink:
         plan += [(t, windows_table(rows)) for t, rows in output.windows.items() if rows]
         plan += [("rejects", rejects_table(output, now_us)), ("gaps", gaps_table(output)),
                  ("reference_prices", reference_table(output)), ("pipeline_stats", stats_table(stats))]
+        plan += ml_tables(output)
         return [(t, b) for t, b in plan if b is not None and b.num_rows]
 
     def _write_once(self, plan: list[tuple[str, pa.Table]], attempt: _Attempt,
@@ -388,6 +390,9 @@ def _upsert_sql(table: str, cols: list[str], stage: sql.Identifier,
         key, update, change = ("symbol", "from_id"), ["filled"], ()
     elif table == "pipeline_stats":
         key, change = ("run_id", "symbol"), ()
+        update = [c for c in cols if c not in key]
+    elif table in ML_TABLES:
+        key, change = ML_TABLES[table][1], ()
         update = [c for c in cols if c not in key]
     else:  # a window table
         key, change = ("symbol", "window_start"), _AGG_DATA_COLUMNS
