@@ -30,6 +30,16 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (default ./cryptostream.toml).")]
 DbOpt = Annotated[Path | None, typer.Option("--db", help="DuckDB file [default: data/cryptostream.duckdb].")]
+MlOpt = Annotated[bool | None, typer.Option("--ml/--no-ml", help="Score every closed 1-min window with the ML models (anomalies, predictions) [default: on].")]
+MlModelsOpt = Annotated[str | None, typer.Option(help="Forecasters, comma-separated, from naive,linear,online_linear,lstm (naive is always on) [default: naive,linear,online_linear].")]
+MlWarmupOpt = Annotated[int | None, typer.Option(help="Closed windows per symbol before the models score [default: 31].")]
+ModelsDirOpt = Annotated[Path | None, typer.Option(help="Start from the latest models `cryptostream train` saved here, and save refits here [default: train live only].")]
+ContaminationOpt = Annotated[float | None, typer.Option(help="Share of windows the anomaly detectors flag [default: 0.05].")]
+
+
+def _ml(ml, ml_models, ml_warmup, models_dir, contamination) -> dict:
+    return {"ml": ml, "ml_models": ml_models, "ml_warmup": ml_warmup, "models_dir": models_dir,
+                "contamination": contamination}
 
 
 @app.command()
@@ -63,6 +73,11 @@ def run(
     group: Annotated[str | None, typer.Option(help="Consumer group with --broker [default: cryptostream].")] = None,
     sink: Annotated[list[str] | None, typer.Option("--sink", help="'duckdb' (the --db file) and/or a postgres:// DSN. Repeatable [default: duckdb].")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar [default: when stderr is a terminal].")] = None,
+    ml: MlOpt = None,
+    ml_models: MlModelsOpt = None,
+    ml_warmup: MlWarmupOpt = None,
+    models_dir: ModelsDirOpt = None,
+    contamination: ContaminationOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the embedded pipeline (source -> clean -> windows -> DuckDB + Parquet), or with
@@ -79,6 +94,7 @@ def run(
         backfill_wait_s=backfill_wait, coingecko_url=coingecko_url,
         coingecko_interval_s=coingecko_interval, flush_interval_s=flush_interval, broker=broker,
         group=group, sinks=tuple(sink or ()),
+        **_ml(ml, ml_models, ml_warmup, models_dir, contamination),
     )
     if s.broker:
         from cryptostream.kafka_pipeline import run_both
@@ -363,6 +379,11 @@ def process(
     allowed_lateness: Annotated[str | None, typer.Option(help="Allowed lateness, e.g. 2s.")] = None,
     idle_timeout: Annotated[str | None, typer.Option(help="Quiet time after which a symbol's watermark advances with the clock.")] = None,
     session_timeout_ms: Annotated[int | None, typer.Option(help="Consumer group session timeout [default: 10000].")] = None,
+    ml: MlOpt = None,
+    ml_models: MlModelsOpt = None,
+    ml_warmup: MlWarmupOpt = None,
+    models_dir: ModelsDirOpt = None,
+    contamination: ContaminationOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Consume clean_trades in a consumer group, compute the windows, write the sinks."""
@@ -371,7 +392,8 @@ def process(
     s = load_settings(config, broker=broker, group=group, db=db, lake=lake, sinks=tuple(sink or ()),
                       until_idle_s=until_idle, windows=tuple(window or ()),
                       allowed_lateness_s=allowed_lateness, idle_timeout_s=idle_timeout,
-                      session_timeout_ms=session_timeout_ms)
+                      session_timeout_ms=session_timeout_ms,
+                      **_ml(ml, ml_models, ml_warmup, models_dir, contamination))
     _need_broker(s)
     pipe = ProcessPipeline(s)
     _stop_on_signals(pipe.stop)
@@ -388,9 +410,11 @@ def _stop_on_signals(stop) -> None:
 
 
 def _register_standins() -> None:
+    from cryptostream.ml.commands import register as register_ml
     from cryptostream.standins.commands import register
 
     register(app)
+    register_ml(app)
 
 
 _register_standins()

@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     serve_queries: bool = True
     #: DuckDB worker threads of the store; 1 measured fastest end to end (docs/benchmarks.md)
     duckdb_threads: int = Field(1, ge=1)
+    # machine learning on closed agg_1m windows (cryptostream.ml.live)
+    ml: bool = True
+    ml_models: Annotated[tuple[str, ...], NoDecode] = ("naive", "linear", "online_linear")
+    ml_detectors: Annotated[tuple[str, ...], NoDecode] = ("isolation_forest", "half_space_trees")
+    ml_warmup: int = Field(31, ge=2, description="closed windows per symbol before scoring")
+    ml_retrain_every: int = Field(60, ge=1)
+    ml_history: int = Field(1440, ge=10)
+    contamination: float = Field(0.05, gt=0.0, lt=0.5)
+    models_dir: Path | None = None
     # operation
     progress: bool | None = None
     queue_batches: int = 8
@@ -139,10 +148,39 @@ class Settings(BaseSettings):
             raise ValueError(f"a sink is 'duckdb' or a postgres:// DSN, got {bad or v}")
         return v
 
-    @field_validator("replay", "windows", mode="before")
+    @field_validator("replay", "windows", "ml_models", "ml_detectors", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
-        return tuple(x for x in v.split(",") if x) if isinstance(v, str) else v
+        return tuple(x.strip() for x in v.split(",") if x.strip()) if isinstance(v, str) else v
+
+    @field_validator("ml_models")
+    @classmethod
+    def _ml_models(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("naive", "linear", "online_linear", "lstm")
+        bad = [m for m in v if m not in known]
+        if bad:
+            raise ValueError(f"unknown model(s) {bad}; choose from {', '.join(known)}")
+        return v if "naive" in v else ("naive", *v)  # the baseline is always on
+
+    @field_validator("ml_detectors")
+    @classmethod
+    def _ml_detectors(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("isolation_forest", "half_space_trees")
+        bad = [m for m in v if m not in known]
+        if bad:
+            raise ValueError(f"unknown detector(s) {bad}; choose from {', '.join(known)}")
+        return v
+
+    def ml_config(self):
+        """The live ML stage's settings (None when ``ml`` is off)."""
+        from cryptostream.ml.live import MLConfig
+
+        if not self.ml:
+            return None
+        return MLConfig(forecasters=self.ml_models, detectors=self.ml_detectors,
+                        warmup_windows=self.ml_warmup, retrain_every=self.ml_retrain_every,
+                        history_windows=self.ml_history, contamination=self.contamination,
+                        models_dir=self.models_dir, seed=self.seed)
 
     @field_validator("speed", mode="before")
     @classmethod

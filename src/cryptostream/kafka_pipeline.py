@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from cryptostream.config import Settings
 from cryptostream.model import SourceBatch
-from cryptostream.pipeline import build_source, engine_config, now_us
+from cryptostream.pipeline import build_source, engine_config, ml_stage, now_us, score_windows
 from cryptostream.processing.engine import Output, Processor, SymbolCounters
 from cryptostream.processing.state import restore, snapshot
 from cryptostream.sinks.base import Checkpoint, stats_rows
@@ -31,6 +31,7 @@ from cryptostream.sinks.lake import ParquetLake
 from cryptostream.sources.base import SourceStatus
 from cryptostream.transport.channel import InProcessChannel, feed
 from cryptostream.transport.kafka_admin import (
+    ANOMALIES,
     CLEAN,
     RAW,
     REJECTS,
@@ -217,6 +218,7 @@ class ProcessPipeline:
         self.lake = ParquetLake(settings.lake, settings.window_specs()) \
             if settings.lake and duck is not None else None
         self.tables = tuple(w.table for w in settings.window_specs())
+        self.ml = ml_stage(settings)
         self.procs: dict[int, Processor] = {}
         self.offsets: dict[tuple[str, int], int] = {}
         self.pending = Output()
@@ -290,6 +292,8 @@ class ProcessPipeline:
                 self.sink.flush()
                 server.stop()
             self.sink.close()
+            if self.ml:
+                self.ml.close()
         return self.received
 
     def _idle_for(self, seconds: float) -> bool:
@@ -330,6 +334,7 @@ class ProcessPipeline:
         checkpoints = [Checkpoint(self.group, CLEAN, p, self.offsets[(CLEAN, p)], snapshot(proc))
                        for p, proc in self.procs.items() if (CLEAN, p) in self.offsets]
         out, self.pending = self.pending, Output()
+        score_windows(self.ml, out, now)
         self.sink.write(out, _normalise(stats), now, checkpoints=checkpoints)
         self.ingest_stats.clear()
         if self.lake:
@@ -338,6 +343,8 @@ class ProcessPipeline:
         for table, rows in out.windows.items():
             for row in rows:
                 self._produce_window(table, row)
+        for row in out.ml.get("anomalies", []):
+            self._produce_window(ANOMALIES, row)
         self._producer.poll(0)
         if self.offsets:
             tps = [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]

@@ -30,6 +30,7 @@ from cryptostream.transport.channel import InProcessChannel, feed
 
 US = 1_000_000
 HEARTBEAT_S = 1.0
+ML_TABLE = "agg_1m"  # the ML stage scores the closed windows of this table
 
 
 def now_us() -> int:
@@ -113,6 +114,25 @@ class ReferenceFeed:
         self.poller.close()
 
 
+def ml_stage(s: Settings):
+    """The live ML stage when ML is on and an ``agg_1m`` (1-minute tumbling) table exists."""
+    cfg = s.ml_config()
+    if cfg is None or not any(w.table == ML_TABLE and w.size_s == 60 and w.is_tumbling
+                              for w in s.window_specs()):
+        return None
+    from cryptostream.ml.live import MLStage
+
+    return MLStage(cfg)
+
+
+def score_windows(ml, out: Output, now: int) -> None:
+    """Add the ML rows for the closed ``agg_1m`` windows of ``out`` (no-op without ML)."""
+    rows = out.windows.get(ML_TABLE)
+    if ml is not None and rows:
+        for table, ml_rows in ml.on_windows(rows, now).items():
+            out.ml.setdefault(table, []).extend(ml_rows)
+
+
 def engine_config(s: Settings) -> EngineConfig:
     return EngineConfig(
         windows=s.window_specs(),
@@ -158,6 +178,7 @@ class EmbeddedPipeline:
         self.lake = ParquetLake(settings.lake, settings.window_specs()) \
             if settings.lake and self.sink is not None else None
         self.channel = InProcessChannel(maxsize=settings.queue_batches)
+        self.ml = ml_stage(settings)
         self.reference = ReferenceFeed(settings) if settings.coingecko else None
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self.summary = RunSummary(self.run_id)
@@ -244,6 +265,8 @@ class EmbeddedPipeline:
             self.sinks.close()
             if old:
                 self._restore_signals(old)
+            if self.ml:
+                self.ml.close()
         self._report(t0)
         return self.summary
 
@@ -255,6 +278,7 @@ class EmbeddedPipeline:
             stats = stats_rows(self.run_id, self._started_us, now, self.source.name,
                                self.processor.counters, self.source.status())
             self._stats_written_us = now
+        score_windows(self.ml, out, now)
         writer.submit(out, stats, now)
         for table, rows in out.windows.items():
             self.summary.windows[table] = self.summary.windows.get(table, 0) + len(rows)

@@ -165,8 +165,12 @@ def robust_z(x: np.ndarray, n: int = ROBUST_N, min_n: int = ROBUST_MIN,
     return out
 
 
-def compute(bars: Bars) -> dict[str, np.ndarray]:
-    """Every feature in ``FEATURES`` for every row of ``bars`` (NaN where undefined)."""
+def compute(bars: Bars, min_history: int = ROBUST_MIN) -> dict[str, np.ndarray]:
+    """Every feature in ``FEATURES`` for every row of ``bars`` (NaN where undefined).
+
+    ``min_history``: previous windows a robust z-score needs (a live run configured with a
+    shorter warm-up lowers it; training and evaluation keep the default)."""
+    k = max(1, min_history)
     vwap = bars.vwap
     prev = np.concatenate([[np.nan], vwap[:-1]])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -195,12 +199,13 @@ def compute(bars: Bars) -> dict[str, np.ndarray]:
             "ma10_rel": ma10 / vwap - 1.0,
             "std5_rel": std5 / vwap,
             "std10_rel": std10 / vwap,
-            "volume_z": robust_z(volume, rel_floor=0.01),
-            "count_z": robust_z(count, rel_floor=0.01),
-            "log_volume_z": robust_z(log_volume, floor=LOG_FLOOR),
-            "log_count_z": robust_z(log_count, floor=LOG_FLOOR),
-            "ret_z": robust_z(ret_log, floor=RET_FLOOR),
-            "range_z": robust_z(np.log(np.maximum(range_pct, 1e-6)), floor=LOG_FLOOR),
+            "volume_z": robust_z(volume, min_n=k, rel_floor=0.01),
+            "count_z": robust_z(count, min_n=k, rel_floor=0.01),
+            "log_volume_z": robust_z(log_volume, min_n=k, floor=LOG_FLOOR),
+            "log_count_z": robust_z(log_count, min_n=k, floor=LOG_FLOOR),
+            "ret_z": robust_z(ret_log, min_n=k, floor=RET_FLOOR),
+            "range_z": robust_z(np.log(np.maximum(range_pct, 1e-6)), min_n=k,
+                                floor=LOG_FLOOR),
             "value_per_trade": np.where(count > 0, bars.quote_volume / count, np.nan),
             "spike_rate": np.where(count > 0, bars.spike_count / count, np.nan),
             "imbalance": np.where(volume > 0, (2.0 * buy - volume) / volume, np.nan),
@@ -237,9 +242,11 @@ class FeatureState:
     """One symbol's recent windows for live scoring: ``push`` a closed window, get its
     features computed by the same ``compute`` as training (over the last ``keep`` rows)."""
 
-    def __init__(self, symbol: str, keep: int = 2 * WARMUP_WINDOWS):
+    def __init__(self, symbol: str, keep: int = 2 * WARMUP_WINDOWS,
+                 min_history: int = ROBUST_MIN):
         self.symbol = symbol
         self.keep = max(keep, WARMUP_WINDOWS)
+        self.min_history = min_history
         self.bars: Bars | None = None
         self.seen = 0  # windows pushed since start (history size for warm-up decisions)
 
@@ -259,5 +266,6 @@ class FeatureState:
             self.bars = one if self.bars is None else self.bars.append(one)
             self.bars = self.bars.tail(self.keep)
             self.seen += 1
-            out.append((int(one.start_ms[0]), row(compute(self.bars), len(self.bars) - 1)))
+            feats = compute(self.bars, self.min_history)
+            out.append((int(one.start_ms[0]), row(feats, len(self.bars) - 1)))
         return out

@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cryptostream.errors import CryptoStreamError
 
 RAW, CLEAN, REJECTS, STATS = "raw_trades", "clean_trades", "rejects", "pipeline_stats"
+ANOMALIES = "anomalies"  # scored windows from the ML stage of ``process``, key = symbol
 
 
 class BrokerError(CryptoStreamError):
@@ -31,7 +32,7 @@ class BrokerError(CryptoStreamError):
 
 
 def topic_names(window_tables: tuple[str, ...]) -> list[str]:
-    return [RAW, CLEAN, REJECTS, STATS, *window_tables]
+    return [RAW, CLEAN, REJECTS, STATS, *window_tables, ANOMALIES]
 
 
 def producer_config(broker: str, **extra) -> dict:
@@ -80,6 +81,7 @@ def topic_specs(window_tables: tuple[str, ...], partitions: int, retention_ms: i
              TopicSpec(REJECTS, partitions, data),
              TopicSpec(STATS, 1, {"cleanup.policy": "compact"})]
     specs += [TopicSpec(t, partitions, {"cleanup.policy": "compact"}) for t in window_tables]
+    specs.append(TopicSpec(ANOMALIES, partitions, {"cleanup.policy": "compact"}))
     return specs
 
 

@@ -90,14 +90,14 @@ def decode_reject(value: bytes) -> Rejected:
                     trade_id=r.trade_id, trade_time_us=r.trade_time_us, recv_time_us=r.recv_time_us)
 
 
-_WINDOW_TIMES = ("window_start_us", "window_end_us", "emitted_at_us")
 
 
 def encode_window(row: dict) -> bytes:
-    """A window row as JSON, its times as ISO 8601 UTC under the table's column names."""
+    """A window (or anomaly) row as JSON, its times (``*_us`` keys) as ISO 8601 UTC under
+    the table's column names."""
     out = {}
     for k, v in row.items():
-        if k in _WINDOW_TIMES:
+        if k.endswith("_us") and isinstance(v, int):
             out[k[:-3]] = dt.datetime.fromtimestamp(v / 1e6, dt.UTC).isoformat()
         else:
             out[k] = v
