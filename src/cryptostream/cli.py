@@ -32,7 +32,7 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings 
 DbOpt = Annotated[Path | None, typer.Option("--db", help="DuckDB file [default: data/cryptostream.duckdb].")]
 MlOpt = Annotated[bool | None, typer.Option("--ml/--no-ml", help="Score every closed 1-min window with the ML models (anomalies, predictions) [default: on].")]
 MlModelsOpt = Annotated[str | None, typer.Option(help="Forecasters, comma-separated, from naive,linear,online_linear,lstm (naive is always on) [default: naive,linear,online_linear].")]
-MlWarmupOpt = Annotated[int | None, typer.Option(help="Closed windows per symbol before the models score [default: 31].")]
+MlWarmupOpt = Annotated[int | None, typer.Option(help="Closed windows per symbol before the models score [default: 60].")]
 ModelsDirOpt = Annotated[Path | None, typer.Option(help="Start from the latest models `cryptostream train` saved here, and save refits here [default: train live only].")]
 ContaminationOpt = Annotated[float | None, typer.Option(help="Share of windows the anomaly detectors flag [default: 0.05].")]
 
@@ -217,6 +217,37 @@ def stats(
     out.print(t)
     if rows:
         out.print(_source_line(rows[0]))
+
+
+@app.command()
+def dashboard(
+    db: DbOpt = None,
+    port: Annotated[int, typer.Option(help="TCP port of the web server.")] = 8501,
+    host: Annotated[str, typer.Option(help="Address to bind; the dashboard has no login, keep it on loopback.")] = "127.0.0.1",
+    postgres: Annotated[str | None, typer.Option("--postgres", help="Read this PostgreSQL store (postgresql://user@host/db) instead of --db.")] = None,
+    refresh: Annotated[float, typer.Option(help="Auto-refresh interval in seconds; 0 turns it off (changeable in the page).")] = 5.0,
+    broker: Annotated[str | None, typer.Option("--broker", help="Kafka broker HOST:PORT, to show the consumer lag.")] = None,
+    group: Annotated[str, typer.Option(help="Consumer group whose lag is shown with --broker.")] = "cryptostream",
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the live dashboard (Streamlit) on http://HOST:PORT; it keeps reading while a
+    pipeline writes the store."""
+    from cryptostream.dashboard.server import check_port, serve, streamlit_command
+
+    if refresh < 0:
+        raise CryptoStreamError(f"--refresh {refresh:g}: give seconds >= 0 (0 turns auto-refresh off)")
+    s = load_settings(config, db=db)
+    if postgres and db is not None:
+        raise CryptoStreamError("give either --db (DuckDB) or --postgres (PostgreSQL), not both")
+    if postgres and not postgres.startswith(("postgres://", "postgresql://")):
+        raise CryptoStreamError(f"--postgres {postgres!r}: expected a DSN like postgresql://user@127.0.0.1:5432/db")
+    check_port(host, port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/yellow] serving on {host}: anyone who can reach it sees the data (no login)")
+    store = "PostgreSQL store" if postgres else str(s.db)
+    err.print(f"dashboard of {store} on http://{host}:{port} (Ctrl-C stops it)")
+    serve(streamlit_command(db=s.db, postgres=postgres, host=host, port=port, refresh=refresh,
+                            broker=broker, group=group))
 
 
 def _source_line(r: dict) -> str:

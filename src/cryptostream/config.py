@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     ml: bool = True
     ml_models: Annotated[tuple[str, ...], NoDecode] = ("naive", "linear", "online_linear")
     ml_detectors: Annotated[tuple[str, ...], NoDecode] = ("isolation_forest", "half_space_trees")
-    ml_warmup: int = Field(31, ge=2, description="closed windows per symbol before scoring")
+    ml_warmup: int = Field(60, ge=3, description="closed windows per symbol before scoring")
     ml_retrain_every: int = Field(60, ge=1)
     ml_history: int = Field(1440, ge=10)
     contamination: float = Field(0.05, gt=0.0, lt=0.5)

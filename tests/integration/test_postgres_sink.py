@@ -24,7 +24,14 @@ import pytest
 from psycopg import sql
 
 from cryptostream.errors import SinkError
-from cryptostream.model import AGG_COLUMNS, DEFAULT_WINDOWS, Rejected, RejectReason, WindowSpec
+from cryptostream.model import (
+    AGG_COLUMNS,
+    DEFAULT_WINDOWS,
+    ML_TABLES,
+    Rejected,
+    RejectReason,
+    WindowSpec,
+)
 from cryptostream.processing.engine import AcceptedTrades, EngineConfig, Output, Processor
 from cryptostream.sinks.base import stats_rows
 from cryptostream.sinks.duckdb_sink import DuckDBSink
@@ -39,7 +46,8 @@ pytestmark = pytest.mark.integration
 REAL = Path(__file__).parents[1] / "fixtures" / "real"
 BAD = Path(__file__).parents[1] / "fixtures" / "bad"
 NOW_US = 1_900_000_000_000_000
-TABLES = ("trades", "agg_1m", "agg_5m_1m", "rejects", "gaps", "pipeline_stats", "reference_prices")
+TABLES = ("trades", "agg_1m", "agg_5m_1m", "rejects", "gaps", "pipeline_stats", "reference_prices",
+          *ML_TABLES)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -233,6 +241,7 @@ def test_columns_and_types_match_the_duckdb_store(pg_dsn, tmp_path):
         "gaps": "symbol,from_id", "pipeline_stats": "run_id,symbol",
         "reference_prices": "asset,symbol,last_updated_at", "schema_migrations": "version",
         "consumer_checkpoints": "group_id,topic,partition",
+        **{t: ",".join(key) for t, (_, key) in ML_TABLES.items()},
     }
 
 

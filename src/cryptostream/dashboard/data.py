@@ -10,15 +10,16 @@ times are UTC.
 :func:`load_incremental` keeps one frame per table in a cache mapping (Streamlit's
 ``session_state`` in the app, a plain dict in the benchmark). The first read of a selection
 (symbols, range start) loads it whole; later reads fetch only rows whose change column
-(``emitted_at``, ``scored_at``, ...) is at or after the highest value already seen, merge
+(``emitted_at``, ``scored_at``, ...) is after the highest value already seen, merge
 them by the table's key and drop rows that fell out of the range.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -107,6 +108,15 @@ class Store:
         """True/False when the store can tell whether a pipeline is writing it, else None."""
         return None
 
+    def missing(self) -> str | None:
+        """Why the store does not exist yet, or None when it does."""
+        return None
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Queries inside share what can be shared (one refresh)."""
+        yield
+
     def close(self) -> None:
         pass
 
@@ -118,6 +128,7 @@ class DuckDBStore(Store):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._con = None  # read-only connection of the current session (no writer running)
 
     def describe(self) -> str:
         return f"DuckDB {self.path}"
@@ -134,9 +145,38 @@ class DuckDBStore(Store):
 
         return _live_endpoint(self.path) is not None
 
-    def _query(self, sql: str, params: list) -> pd.DataFrame:
-        from cryptostream.query import run_query
+    def missing(self) -> str | None:
+        if self.path.exists() or self.writer_running():
+            return None
+        return f"{self.path} does not exist yet."
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """When no pipeline serves the file, one read-only connection serves every query of
+        the session (opening the file costs ~20 ms); it is closed at the end, so a pipeline
+        can take the file between refreshes. While a pipeline runs, each query goes to its
+        endpoint."""
+        import duckdb
+
+        if self._con is not None or self.writer_running() or not self.path.exists():
+            yield
+            return
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=True)
+        except duckdb.Error:  # locked, or a writer is starting: query by query instead
+            yield
+            return
+        try:
+            yield
+        finally:
+            con, self._con = self._con, None
+            con.close()
+
+    def _query(self, sql: str, params: list) -> pd.DataFrame:
+        from cryptostream.query import _execute, run_query
+
+        if self._con is not None:
+            return _execute(self._con, sql, params).to_pandas()
         try:
             table = run_query(self.path, sql, params, timeout_s=30.0, lock_wait_s=5.0)
         except QueryError as exc:
@@ -193,7 +233,8 @@ class PostgresStore(Store):
             except psycopg.OperationalError as exc:  # connection lost: reconnect once
                 self.close()
                 if attempt:
-                    raise StoreUnavailable(f"lost the connection to {self.describe()}: {exc}") from exc
+                    raise StoreUnavailable(
+                        f"lost the connection to {self.describe()}: {exc}") from exc
             except psycopg.Error as exc:
                 raise QueryError(" ".join(str(exc).split())[:500]) from exc
         raise AssertionError("unreachable")
@@ -270,7 +311,7 @@ def load_incremental(store: Store, cache: MutableMapping, spec: TableSpec,
         where.append(f"{_ident(spec.time)} >= CAST(? AS TIMESTAMPTZ)")
         params.append(iso(start))
     if reuse and cached.high is not None:
-        where.append(f"{_ident(spec.changed)} >= CAST(? AS TIMESTAMPTZ)")
+        where.append(changed_since(spec.changed, overlap_s))
         params.append(iso(cached.high - pd.Timedelta(seconds=overlap_s)))
     new = store.query(f"{_select(spec)} WHERE {' AND '.join(where)}", params)
     if stats is not None:
@@ -278,13 +319,21 @@ def load_incremental(store: Store, cache: MutableMapping, spec: TableSpec,
     order = [spec.time, *(k for k in spec.key if k != spec.time)]
     if reuse and len(cached.df):
         df = _merge(cached.df, new, spec, order) if len(new) else cached.df
-        if start is not None and cached.start != start:
-            df = df[df[spec.time] >= start].reset_index(drop=True)
+        if start is not None and cached.start != start:  # sorted by time: cut, no filter
+            df = df.iloc[int(df[spec.time].searchsorted(start, side="left")):]
     else:
         df = new.sort_values(order, ignore_index=True) if len(new) else new
     high = df[spec.changed].max() if len(df) else None
     cache[slot] = Cached(syms, start, df, None if high is None or pd.isna(high) else high)
     return df
+
+
+def changed_since(column: str, overlap_s: float) -> str:
+    """The condition "written after the highest value seen" (one ``?``: that value minus the
+    overlap). With one writer (DuckDB) every row with the same change time is committed in
+    the same transaction, so ``>`` misses nothing; with several writers whose commits can
+    land out of order, ``>=`` over the overlap re-reads (and merges) the rows near it."""
+    return f"{_ident(column)} {'>' if overlap_s == 0 else '>='} CAST(? AS TIMESTAMPTZ)"
 
 
 def _merge(old: pd.DataFrame, new: pd.DataFrame, spec: TableSpec, order: list[str]) -> pd.DataFrame:

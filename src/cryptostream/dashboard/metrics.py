@@ -90,8 +90,8 @@ def source_status(run: pd.DataFrame, writer_running: bool | None,
         return SourceStatusView("no run yet", "warning",
                                 "no pipeline run has written this store yet")
     r = run.iloc[0]
-    state = r.get("source_state") or "unknown"
-    source = r.get("source") or "?"
+    state = as_text(r.get("source_state")) or "unknown"
+    source = as_text(r.get("source")) or "?"
     updated = r.get("updated_at")
     age = (now - updated).total_seconds() if updated is not None and not pd.isna(updated) else None
     stopped = writer_running is False or (writer_running is None and age is not None
@@ -106,12 +106,12 @@ def source_status(run: pd.DataFrame, writer_running: bool | None,
     elif state == "connected":
         label, level, detail = "connected", "success", f"source {source}: connected, live"
     elif state in ("reconnecting", "connecting"):
-        attempt = int(r.get("source_attempt") or 0)
+        attempt = as_int(r.get("source_attempt"))
         label, level = f"{state} (attempt {attempt})" if attempt else state, "warning"
         detail = f"source {source}: {label}"
     else:
         label, level, detail = state, "warning", f"source {source}: {state}"
-    reconnects = int(r.get("reconnects") or 0)
+    reconnects = as_int(r.get("reconnects"))
     if reconnects:
         detail += f", {reconnects} reconnects"
     if stopped:
@@ -129,7 +129,7 @@ def connection_log(run: pd.DataFrame) -> pd.DataFrame:
     rows = []
     if not run.empty:
         try:
-            detail = json.loads(run.iloc[0].get("source_detail") or "{}")
+            detail = json.loads(as_text(run.iloc[0].get("source_detail")) or "{}")
         except (TypeError, ValueError):
             detail = {}
         for item in detail.get("log") or []:
@@ -152,6 +152,7 @@ class SymbolKpis:
     latency_p99_ms: float | None
     recv_latency_p99_ms: float | None
     max_latency_p99_ms: float | None
+    buy_share_pct: float | None = None
 
 
 def symbol_kpis(agg: pd.DataFrame) -> SymbolKpis:
@@ -167,11 +168,25 @@ def symbol_kpis(agg: pd.DataFrame) -> SymbolKpis:
         latency_p99_ms=_num(last.get("latency_p99_ms")),
         recv_latency_p99_ms=_num(last.get("recv_latency_p99_ms")),
         max_latency_p99_ms=_num(agg["latency_p99_ms"].max()),
+        buy_share_pct=(100 * float(agg["buy_volume"].sum()) / float(agg["volume"].sum())
+                       if agg["volume"].sum() else None),
     )
 
 
 def _num(x) -> float | None:
     return None if x is None or pd.isna(x) else float(x)
+
+
+def as_int(x) -> int:
+    """
+    >>> as_int(None), as_int(float("nan")), as_int(3.0)
+    (0, 0, 3)
+    """
+    return 0 if x is None or pd.isna(x) else int(x)
+
+
+def as_text(x) -> str:
+    return "" if x is None or (not isinstance(x, str) and pd.isna(x)) else str(x)
 
 
 def skill_table(skill: pd.DataFrame) -> pd.DataFrame:
@@ -213,13 +228,27 @@ def ml_state(status: pd.DataFrame, symbol: str, kind: str) -> str | None:
         return None
     failed = s[s["state"] == "failed"]
     if len(failed) == len(s):
-        return "failed: " + "; ".join(f"{r.component} {r.detail or ''}".strip()
+        return "failed: " + "; ".join(f"{r.component} {as_text(r.detail)}".strip()
                                       for r in failed.itertuples())
     warm = s[s["state"] == "warming_up"]
     if len(warm):
         r = warm.sort_values("history", ascending=False).iloc[0]
-        return f"warming up ({int(r['history'] or 0)}/{int(r['needed'] or 0)} windows)"
+        return f"warming up ({as_int(r['history'])}/{as_int(r['needed'])} windows)"
     return None
+
+
+def ml_progress(status: pd.DataFrame, sym: str, kind: str) -> tuple[int, int] | None:
+    """(closed windows seen, windows needed) of the furthest warming-up model of ``kind``
+    for ``sym``, or None when none of them is warming up."""
+    if status.empty:
+        return None
+    s = status[(status["symbol"] == sym) & (status["kind"] == kind)
+               & (status["state"] == "warming_up")]
+    if s.empty or (status[(status["symbol"] == sym) & (status["kind"] == kind)]["state"]
+                   == "ready").any():
+        return None
+    r = s.sort_values("history", ascending=False).iloc[0]
+    return as_int(r["history"]), as_int(r["needed"])
 
 
 def top_features(text) -> str:

@@ -294,10 +294,11 @@ class Reader:
         cond = "(symbol = ANY(?)" + (" OR symbol IS NULL)" if null_symbol else ")")
         params: list = [list(syms)]
         if reuse:
-            cond += f" AND {spec.changed} >= CAST(? AS TIMESTAMPTZ)"
+            cond += " AND " + data.changed_since(spec.changed, self.overlap_s)
             params.append(data.iso(cached.high - pd.Timedelta(seconds=self.overlap_s)))
+        order = ", ".join(f"{c} DESC" for c in spec.key)  # the same order as the merge below
         new = self._q(f"{data._select(spec)} WHERE {cond} ORDER BY {spec.time} DESC NULLS LAST, "
-                      f"{', '.join(spec.key)} LIMIT ?", [*params, limit])
+                      f"{order} LIMIT ?", [*params, limit])
         self.stats.note(spec.name, len(new), not reuse)
         if reuse and len(cached.df) and len(new):
             df = pd.concat([cached.df, new], ignore_index=True).drop_duplicates(

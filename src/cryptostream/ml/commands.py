@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from pathlib import Path
 from typing import Annotated
@@ -150,11 +149,7 @@ def train(
                 err.print(f"[yellow]{sym} {name}: not trained: {exc}[/yellow]")
                 bar.advance(task)
                 continue
-            meta["version"] = persistence.new_version(name) if hasattr(
-                persistence, "new_version") else \
-                f"{name}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
-            path = models_dir / sym / name / f"{meta['version']}.joblib"
-            persistence.save(obj, path, meta)
+            path = persistence.save_to(models_dir, obj, meta)  # version = content hash
             err.print(f"{sym} {name}: {meta['n_train']:,} windows -> {path}"
                       + "".join(f"  {k} {v:.4g}" for k, v in meta.get("metrics", {}).items()
                                 if isinstance(v, int | float)))

@@ -6,6 +6,14 @@ while warming up or when a feature is undefined. ``is_anomaly(score)`` compares 
 threshold calibrated so that about ``contamination`` of normal traffic is flagged, and
 ``top_features(x)`` names the features that explain a flag.
 
+Both look at the features through ``detector_view``: the five features plus two derived
+columns, ``max_abs_z`` (the largest |z| of return, volume, count and range) and
+``activity_z`` ((log_volume_z + log_count_z) / sqrt 2). Tree ensembles split one axis at a
+time, so an event that is extreme on one axis among five (a price jump), or moderately high on
+two correlated axes at once (a volume burst), is isolated much sooner through these columns:
+on injected events in the real BTCUSDT klines the Isolation Forest's recall rose from ~0.7-0.8
+to ~0.85-0.98 at the same false-positive rate (see ``tests/unit/test_ml_synthetic.py``).
+
 >>> top_features({"ret_z": -8.0, "log_volume_z": 0.5, "log_count_z": 2.0, "range_z": 1.0,
 ...               "imbalance": 0.1}, k=2)
 [('ret_z', -8.0), ('log_count_z', 2.0)]
@@ -14,14 +22,31 @@ threshold calibrated so that about ``contamination`` of normal traffic is flagge
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from ..errors import ConfigError
-from .features import ANOMALY_FEATURES
+from .features import ANOMALY_FEATURES, Z_CLIP
 
 DETECTOR_NAMES = ("isolation_forest", "half_space_trees")
+#: the columns ``detector_view`` adds to ``ANOMALY_FEATURES``
+DERIVED_FEATURES = ("max_abs_z", "activity_z")
+_Z_COLS = [ANOMALY_FEATURES.index(n) for n in ("ret_z", "log_volume_z", "log_count_z",
+                                                "range_z")]
+_VOL, _CNT = ANOMALY_FEATURES.index("log_volume_z"), ANOMALY_FEATURES.index("log_count_z")
+
+
+def detector_view(X: np.ndarray) -> np.ndarray:
+    """Rows of ``ANOMALY_FEATURES`` -> the same columns + ``DERIVED_FEATURES``.
+
+    >>> detector_view(np.array([[3.0, 2.0, 2.0, -4.0, 0.1]])).round(3).tolist()
+    [[3.0, 2.0, 2.0, -4.0, 0.1, 4.0, 2.828]]
+    """
+    X = np.asarray(X, np.float64).reshape(-1, len(ANOMALY_FEATURES))
+    max_abs = np.max(np.abs(X[:, _Z_COLS]), axis=1)
+    activity = (X[:, _VOL] + X[:, _CNT]) / math.sqrt(2.0)
+    return np.column_stack([X, max_abs, activity])
 
 
 def anomaly_vector(x: Mapping[str, float]) -> np.ndarray | None:
@@ -41,7 +66,7 @@ def top_features(x: Mapping[str, float], k: int = 3) -> list[tuple[str, float]]:
 
 
 class IsolationForestDetector:
-    """scikit-learn ``IsolationForest`` re-fitted on a history of windows.
+    """scikit-learn ``IsolationForest`` re-fitted on a history of windows (``detector_view``).
 
     ``fit(X)`` drops rows with a non-finite value (fewer than ``min_rows`` left: unfitted) and
     sets the threshold so that ``contamination`` of the training rows score above it.
@@ -71,7 +96,7 @@ class IsolationForestDetector:
             return
         model = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
                                 contamination=self.contamination, random_state=self.seed)
-        self.model = model.fit(X[ok])
+        self.model = model.fit(detector_view(X[ok]))
         self.threshold = float(-model.offset_)  # score_samples < offset_ <=> flagged
 
     def learn_one(self, x: Mapping[str, float]) -> None:
@@ -81,14 +106,14 @@ class IsolationForestDetector:
         v = anomaly_vector(x)
         if self.model is None or v is None:
             return None
-        return float(-self.model.score_samples(v[None, :])[0])
+        return float(-self.model.score_samples(detector_view(v))[0])
 
     def score_many(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, np.float64)
         out = np.full(len(X), np.nan)
         ok = np.all(np.isfinite(X), axis=1) if len(X) else np.zeros(0, bool)
         if self.model is not None and ok.any():
-            out[ok] = -self.model.score_samples(X[ok])
+            out[ok] = -self.model.score_samples(detector_view(X[ok]))
         return out
 
     def is_anomaly(self, score: float | None) -> bool:
@@ -98,41 +123,56 @@ class IsolationForestDetector:
         return top_features(x, k)
 
 
-def _squash(v: np.ndarray, scale: float) -> dict[str, float]:
-    """z-like values -> (0, 1) with a logistic curve: 0 -> 0.5, ±2*scale -> 0.12 / 0.88."""
-    u = 1.0 / (1.0 + np.exp(-v / scale))
-    return dict(zip(ANOMALY_FEATURES, u.tolist()))
+_VIEW_NAMES = ANOMALY_FEATURES + DERIVED_FEATURES
+
+
+def fold(v: np.ndarray, z_max: float = Z_CLIP) -> dict[str, float]:
+    """``detector_view`` of one row -> [0, 1]: log1p(|value|) / log1p(z_max), clipped.
+
+    Folding puts both tails (a burst and a drought, a jump up and down) in the same sparse
+    corner, and the log spreads the informative range: |z| 1 -> 0.15, 3 -> 0.30, 10 -> 0.52,
+    100 -> 1. (A logistic squash crowded every |z| > 5 into the last few hundredths of the
+    unit interval, where the trees cannot tell a 5-sigma window from a 50-sigma one: on
+    events injected into the real klines recall was ~0.6-0.7 against ~0.75-0.98 with this
+    fold, at the same false-positive rate.)
+
+    >>> [round(u, 2) for u in fold(np.array([3.0, -10.0, 0, 100, 1.0])).values()]
+    [0.3, 0.52, 0.0, 1.0, 0.15, 1.0, 0.45]
+    """
+    w = detector_view(v)[0]
+    u = np.minimum(np.log1p(np.abs(w)) / math.log1p(z_max), 1.0)
+    return dict(zip(_VIEW_NAMES, u.tolist()))
 
 
 class HalfSpaceTreesDetector:
     """River ``HalfSpaceTrees`` learned window by window, with a rolling-quantile threshold.
 
-    Features are squashed into (0, 1) by a logistic curve (``squash_scale`` z-units per unit
-    of logit) so the trees' fixed [0, 1] limits fit them. ``learn_one`` scores the window
-    first, adds the score to a rolling ``1 - contamination`` quantile of the last
-    ``quantile_window`` scores (the threshold) and, unless the score is above the threshold
-    (``protect``), lets the trees learn it, so a burst of anomalies does not become normal.
-    ``score_one`` returns ``None`` until ``min_learn`` complete windows were learned and the
-    trees' first reference window (``window_size`` windows) is complete; ``is_anomaly`` is
-    False until ``min_learn`` scores are in the quantile. ``fit(X)`` learns the rows in order.
+    The trees see ``detector_view`` folded into [0, 1] by ``fold`` (their limits are fixed
+    to [0, 1]). ``learn_one`` scores the window first, adds the score to a rolling
+    ``1 - contamination`` quantile of the last ``quantile_window`` scores (the threshold)
+    and, unless the score is above the threshold (``protect``), lets the trees learn it, so
+    a burst of anomalies does not become normal. ``score_one`` returns ``None`` until
+    ``min_learn`` complete windows were learned *and* the trees' first reference window
+    (``window_size`` windows) is complete; ``is_anomaly`` is False until ``min_learn``
+    scores are in the quantile. ``fit(X)`` learns the rows in order (a warm start).
     """
 
     name = "half_space_trees"
     batch = False
 
     def __init__(self, contamination: float = 0.05, n_trees: int = 25, height: int = 8,
-                 window_size: int = 100, squash_scale: float = 2.0,
+                 window_size: int = 100, z_max: float = Z_CLIP,
                  quantile_window: int = 1000, protect: bool = True, min_learn: int = 30,
                  seed: int = 0):
         from river import anomaly, stats
 
         self.contamination, self.n_trees, self.height = contamination, n_trees, height
-        self.window_size, self.squash_scale = window_size, squash_scale
+        self.window_size, self.z_max = window_size, z_max
         self.quantile_window, self.protect, self.min_learn = quantile_window, protect, min_learn
         self.seed = seed
         self.model = anomaly.HalfSpaceTrees(
             n_trees=n_trees, height=height, window_size=window_size,
-            limits={n: (0.0, 1.0) for n in ANOMALY_FEATURES}, seed=seed)
+            limits={n: (0.0, 1.0) for n in _VIEW_NAMES}, seed=seed)
         self.quantile = stats.RollingQuantile(q=1.0 - contamination,
                                               window_size=quantile_window)
         self.n_learned = 0
@@ -157,7 +197,7 @@ class HalfSpaceTreesDetector:
         v = anomaly_vector(x)
         if v is None:
             return
-        u = _squash(v, self.squash_scale)
+        u = fold(v, self.z_max)
         if self.ready:
             score = float(self.model.score_one(u))
             flagged = self.is_anomaly(score)
@@ -172,7 +212,7 @@ class HalfSpaceTreesDetector:
         v = anomaly_vector(x)
         if v is None or not self.ready:
             return None
-        return float(self.model.score_one(_squash(v, self.squash_scale)))
+        return float(self.model.score_one(fold(v, self.z_max)))
 
     def is_anomaly(self, score: float | None) -> bool:
         return score is not None and math.isfinite(score) and score > self.threshold

@@ -9,7 +9,7 @@ transaction as the windows. Per symbol and closed window, in this order:
    (the same code as training: no train/serve skew);
 3. online models learn the now-revealed target of the previous window;
 4. after ``warmup_windows`` windows, every detector scores the window (``anomalies``),
-   then the online detector learns it;
+   then the online detector learns it (it also learns the windows of the warm-up);
 5. every forecaster that can predicts the next window's VWAP and close (``predictions``);
 6. batch models (linear, isolation forest, GRU) are refitted on the last
    ``history_windows`` windows every ``retrain_every`` windows — the GRU in a background
@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 
 from cryptostream.errors import ModelError
 from cryptostream.ml import persistence
-from cryptostream.ml.detectors import build_detectors
+from cryptostream.ml.detectors import HalfSpaceTreesDetector, build_detectors
 from cryptostream.ml.features import (
     ANOMALY_FEATURES,
     FORECAST_FEATURES,
@@ -62,7 +61,7 @@ US = 1_000_000
 class MLConfig:
     forecasters: tuple[str, ...] = ("naive", "linear", "online_linear")
     detectors: tuple[str, ...] = ("isolation_forest", "half_space_trees")
-    warmup_windows: int = WARMUP_WINDOWS
+    warmup_windows: int = 60
     retrain_every: int = 60
     history_windows: int = 1440
     contamination: float = 0.05
@@ -71,8 +70,15 @@ class MLConfig:
 
     @property
     def min_history(self) -> int:
-        """Previous windows the robust z-scores need (never more than the warm-up allows)."""
-        return max(2, min(ROBUST_MIN, self.warmup_windows - 1))
+        """Previous windows the robust z-scores need: the default, or half the warm-up when
+        that is shorter (so that models have complete rows to learn from before it ends)."""
+        return max(2, min(ROBUST_MIN, (self.warmup_windows - 1) // 2))
+
+    @property
+    def warm_rows(self) -> int:
+        """Windows with every feature defined by the end of the warm-up (the return's
+        z-score needs ``min_history`` returns, i.e. one window more)."""
+        return max(1, self.warmup_windows - self.min_history - 1)
 
 
 @dataclass
@@ -132,12 +138,11 @@ class MLStage:
         st = _Symbol(FeatureState(sym, keep=2 * WARMUP_WINDOWS, min_history=cfg.min_history))
         fresh = "fresh"
         for obj in build_forecasters(list(cfg.forecasters), seed=cfg.seed):
-            st.models[obj.name] = _Model(obj.name, "forecaster", obj, fresh, obj.batch)
+            st.models[obj.name] = _Model(obj.name, "forecaster", self._tune(obj), fresh,
+                                         obj.batch)
         for obj in build_detectors(list(cfg.detectors), contamination=cfg.contamination,
                                    seed=cfg.seed):
-            if hasattr(obj, "min_learn"):
-                obj.min_learn = min(obj.min_learn, cfg.warmup_windows)
-            st.models[obj.name] = _Model(obj.name, "detector", obj, fresh, obj.batch)
+            st.models[obj.name] = _Model(obj.name, "detector", self._tune(obj), fresh, obj.batch)
         if cfg.models_dir:
             for m in st.models.values():
                 self._load_saved(sym, m)
@@ -192,17 +197,20 @@ class MLStage:
         st.prev_x, st.prev_vwap = x, vwap
         st.since_fit += 1
         seen = st.features.seen
-        if seen >= cfg.warmup_windows and (st.since_fit >= cfg.retrain_every or
-                                           any(m.batch and not m.fitted for m in st.models.values())):
-            self._refit(sym, st)
-        if seen < cfg.warmup_windows:
-            return
-        # 4. anomalies
+        if seen >= cfg.warmup_windows:
+            if st.since_fit >= cfg.retrain_every:  # the schedule: every batch model
+                self._refit(sym, st, [m for m in st.models.values() if m.batch])
+            elif unfit := [m for m in st.models.values() if m.batch and not m.fitted]:
+                self._refit(sym, st, unfit)  # cold start, or replacing a broken one
+        warm = seen >= cfg.warmup_windows
+        # 4. anomalies (online detectors learn during the warm-up too)
         ax = _pick(x, ANOMALY_FEATURES)
         for m in st.models.values():
             if m.kind != "detector" or m.obj is None:
                 continue
-            score = self._guard(sym, m, lambda m=m: m.obj.score_one(ax)) if complete(ax) else None
+            score = None
+            if warm and complete(ax):
+                score = self._guard(sym, m, lambda m=m: m.obj.score_one(ax))
             if score is not None and math.isfinite(score):
                 m.state = "ready"
                 thr = getattr(m.obj, "threshold", None)
@@ -216,8 +224,10 @@ class MLStage:
                                                 for f, v in top]),
                     "scored_at_us": now_us,
                 })
-            if not m.batch and complete(ax):
+            if not m.batch and complete(ax) and m.obj is not None:
                 self._guard(sym, m, lambda m=m: m.obj.learn_one(ax))
+        if not warm:
+            return
         # 5. forecasts of the next window
         fx = _pick(x, FORECAST_FEATURES)
         target = start_ms + STEP_MS
@@ -239,8 +249,9 @@ class MLStage:
                 })
 
     # -- fitting -----------------------------------------------------------------------
-    def _refit(self, sym: str, st: _Symbol) -> None:
-        st.since_fit = 0
+    def _refit(self, sym: str, st: _Symbol, models: list[_Model]) -> None:
+        if len(models) == sum(m.batch for m in st.models.values()):
+            st.since_fit = 0
         hist = st.history
         if hist is None or len(hist) < 2:
             return
@@ -248,8 +259,8 @@ class MLStage:
         xf, y = matrix(feats, FORECAST_FEATURES)[:-1], next_log_return(hist)[:-1]
         xa = matrix(feats, ANOMALY_FEATURES)
         span = (int(hist.start_ms[0]), int(hist.start_ms[-1]))
-        for m in st.models.values():
-            if not m.batch or m.busy:
+        for m in models:
+            if m.busy:
                 continue
             if m.name == "lstm":  # seconds of work: in the background
                 m.busy = True
@@ -264,7 +275,7 @@ class MLStage:
                 fresh.fit(xf, y)
             else:
                 fresh.fit(xa)
-            version = f"{m.name}-live-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{n}"
+            version = persistence.new_version(m.name, fresh)
             with self._lock:
                 m.obj, m.version, m.fitted, m.detail = fresh, version, True, \
                     f"refit on {n} windows {span[0]}..{span[1]}"
@@ -280,10 +291,21 @@ class MLStage:
     def _fresh(self, m: _Model):
         cfg = self.cfg
         if m.kind == "forecaster":
-            return build_forecasters([m.name], seed=cfg.seed)[0]
-        obj = build_detectors([m.name], contamination=cfg.contamination, seed=cfg.seed)[0]
-        if hasattr(obj, "min_learn"):
-            obj.min_learn = min(obj.min_learn, cfg.warmup_windows)
+            return self._tune(build_forecasters([m.name], seed=cfg.seed)[0])
+        return self._tune(build_detectors([m.name], contamination=cfg.contamination,
+                                          seed=cfg.seed)[0])
+
+    def _tune(self, obj):
+        """A model's own cold start never outlasts the configured warm-up: the rows a model
+        needs before it predicts, and HalfSpaceTrees' reference window, are capped by it."""
+        rows = self.cfg.warm_rows
+        if isinstance(obj, HalfSpaceTreesDetector) and obj.window_size >= rows:
+            learn = max(1, rows - 1)  # learned before the first window it scores
+            obj = HalfSpaceTreesDetector(contamination=self.cfg.contamination,
+                                         window_size=learn, min_learn=learn, seed=self.cfg.seed)
+        for attr in ("min_rows", "min_learn"):
+            if hasattr(obj, attr):
+                setattr(obj, attr, min(getattr(obj, attr), rows))
         return obj
 
     def _save(self, sym: str, m: _Model, span: tuple[int, int], n: int) -> None:

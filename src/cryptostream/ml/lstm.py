@@ -26,7 +26,7 @@ the architecture and the scaler statistics, no pickled torch objects.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -92,6 +92,8 @@ class GRUForecaster:
 
     name = "lstm"
     batch = True
+    #: a fit takes seconds: walk-forward evaluation refits it at most every 720 targets
+    min_retrain_every = 720
 
     def __init__(self, seq_len: int = 16, hidden: int = 24, epochs: int = 25,
                  batch_size: int = 128, lr: float = 3e-3, patience: int = 3,
@@ -219,6 +221,10 @@ class GRUForecaster:
                 "y_sd": self.y_sd, "shrink": self.shrink, "n_train": self.n_train,
                 "epochs_run": self.epochs_run, "buffer": [b.copy() for b in self.buffer]}
 
+    def __reduce__(self):
+        """Pickle (and copy) through ``to_state``: no torch classes in the pickle."""
+        return (_rebuild, (self.to_state(),))
+
     @classmethod
     def from_state(cls, state: Mapping) -> GRUForecaster:
         torch = _torch()
@@ -232,3 +238,7 @@ class GRUForecaster:
                                  for k, v in state["weights"].items()})
             m.net = net.eval()
         return m
+
+
+def _rebuild(state: Mapping) -> GRUForecaster:
+    return GRUForecaster.from_state(state)

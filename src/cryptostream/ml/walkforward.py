@@ -7,7 +7,10 @@ log return i -> i+1) is revealed when window i+1 closes, so before forecasting w
 * every model got ``learn_one(x_i, y_i)`` for every row i <= j-2, in order (online models
   learn; batch models ignore it or, like the GRU, only buffer ``x``);
 * batch models were (re)fitted, every ``retrain_every`` targets, on rows
-  ``[max(0, j-1-history), j-1)`` (all rows before j-1 when ``history`` is None).
+  ``[max(0, j-1-history), j-1)`` (all rows before j-1 when ``history`` is None). A model
+  with a ``min_retrain_every`` attribute (the GRU: seconds per fit) is refitted every
+  ``max(retrain_every, model.min_retrain_every)`` targets, and every ``retrain_every``
+  targets while it still cannot predict (its last forecast was ``None``).
 
 Detection works the same way: row t is scored by a batch detector fitted on rows
 ``[max(0, t-history), t)`` (refitted every ``retrain_every`` scored rows) and by online
@@ -23,8 +26,8 @@ detectors that have learned every row < t; then online detectors learn row t.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -114,22 +117,25 @@ def forecast_walk_forward(bars: Bars, models: Sequence, warmup: int = 120,
                       vwap[targets - 1] if len(targets) else np.zeros(0))
     preds = {name: np.empty(len(targets)) for name in names}
     fallbacks = dict.fromkeys(names, 0)
-    every = max(int(retrain_every), 1)
+    every = {name: max(int(retrain_every), int(getattr(m, "min_retrain_every", 1)), 1)
+             for name, m in zip(names, models)}
+    base_every = max(int(retrain_every), 1)
+    cold = dict.fromkeys(names, True)  # the model's last forecast was None
     learned = 0  # rows < learned were passed to learn_one
     for k, j in enumerate(targets.tolist()):
         for i in range(learned, j - 1):  # (x_i, y_i) revealed when window i+1 closed
             for m in models:
                 m.learn_one(xs[i], float(y[i]))
         learned = max(learned, j - 1)
-        if k % every == 0:
-            lo = 0 if history is None else max(0, j - 1 - history)
-            for m in models:
-                if m.batch:
-                    m.fit(X[lo : j - 1], y[lo : j - 1])
+        lo = 0 if history is None else max(0, j - 1 - history)
+        for name, m in zip(names, models):
+            if m.batch and (k % every[name] == 0 or (cold[name] and k % base_every == 0)):
+                m.fit(X[lo : j - 1], y[lo : j - 1])
         base = vwap[j - 1]
         for name, m in zip(names, models):
             r = m.predict_one(xs[j - 1])
-            if r is None or not math.isfinite(r):
+            cold[name] = r is None or not math.isfinite(r)
+            if cold[name]:
                 r = 0.0
                 fallbacks[name] += 1
             preds[name][k] = base * math.exp(r)
