@@ -503,7 +503,8 @@ class Bench:
     def process_argv(self, broker: str, group: str, db: Path) -> list[str]:
         return [self.cs, "process", "--broker", broker, "--group", group, "--db", str(db),
                 "--lake", "off", "--until-idle", f"{self.a.until_idle}s",
-                "--session-timeout-ms", str(self.a.session_timeout_ms)]
+                "--session-timeout-ms", str(self.a.session_timeout_ms),
+                "--no-ml"]  # the windowing path only, as the baseline
 
     def fresh_db(self, name: str) -> Path:
         p = self.workdir / name
@@ -518,7 +519,8 @@ class Bench:
             f"{self.duration_s} s of event time")
         load, m0 = os.getloadavg()[0], Meter.now()
         ch = Child("baseline", [self.cs, "run", *self.source_args(), "--db", str(db),
-                                "--lake", "off", "--no-progress"], self.workdir / "baseline.log")
+                                "--lake", "off", "--no-progress", "--no-ml"],
+                   self.workdir / "baseline.log")
         self._follow([ch], lambda: f"baseline running {time.monotonic() - ch.t_spawn:.0f} s")
         m1 = Meter.now()
         if ch.rc != 0:

@@ -171,7 +171,7 @@ def _settings(replay: list[str], db: Path, workdir: Path):
     with _isolated(workdir):
         return load_settings(
             source="replay", replay=replay, speed="max", db=str(db), lake="off",
-            serve_queries=False, progress=False,
+            serve_queries=False, progress=False, ml=False,  # the windowing path only
         )
 
 

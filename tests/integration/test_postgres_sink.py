@@ -24,6 +24,7 @@ import pytest
 from psycopg import sql
 
 from cryptostream.errors import SinkError
+from cryptostream.ml.live import MLConfig, MLStage
 from cryptostream.model import (
     AGG_COLUMNS,
     DEFAULT_WINDOWS,
@@ -55,7 +56,8 @@ TABLES = ("trades", "agg_1m", "agg_5m_1m", "rejects", "gaps", "pipeline_stats", 
 @pytest.fixture(scope="module")
 def rich(tmp_path_factory) -> tuple[Output, list[dict]]:
     """Two symbols of real trades, every reject reason the bad fixture has (one raw payload
-    holds U+0000), gaps (lines cut out of a real file), reference ticks with nulls, stats."""
+    holds U+0000), gaps (lines cut out of a real file), reference ticks with nulls, stats,
+    and the ML rows the live stage derives from the windows."""
     lines = (REAL / "BTCUSDT-trades-2025-01-01-first210.csv").read_text().splitlines()
     holed = tmp_path_factory.mktemp("gaps") / "BTCUSDT-trades-2025-01-01.csv"
     holed.write_text("\n".join(x for i, x in enumerate(lines) if i not in (20, 21, 22, 100)) + "\n")
@@ -72,7 +74,11 @@ def rich(tmp_path_factory) -> tuple[Output, list[dict]]:
         ReferenceTick("ethereum", "", 2500.5, None, -1.25, 1723161600, 1723161601000000),
         ReferenceTick("bitcoin", "BTCUSDT", 60001.0, 1.6e10, 0.1, 1723161600, 1723161609000000),
     ]
+    ml = MLStage(MLConfig(warmup_windows=5))  # the ML tables, from the same windows
+    out.ml = ml.on_windows(out.windows["agg_1m"], NOW_US)
+    ml.close()
     assert out.rejects and out.gaps and len(out.windows["agg_1m"]) > 1
+    assert all(out.ml.get(t) for t in ML_TABLES), {t: len(r) for t, r in out.ml.items()}
     return out, stats_rows("run-1", NOW_US, NOW_US, "test", proc.counters)
 
 
