@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     ml_history: int = Field(1440, ge=10)
     contamination: float = Field(0.05, gt=0.0, lt=0.5)
     models_dir: Path | None = None
+    #: seed of the models' randomness (separate from the simulator's ``seed``: the same
+    #: windows get the same scores whatever produced them)
+    ml_seed: int = 0
     # operation
     progress: bool | None = None
     queue_batches: int = 8
@@ -180,7 +183,7 @@ class Settings(BaseSettings):
         return MLConfig(forecasters=self.ml_models, detectors=self.ml_detectors,
                         warmup_windows=self.ml_warmup, retrain_every=self.ml_retrain_every,
                         history_windows=self.ml_history, contamination=self.contamination,
-                        models_dir=self.models_dir, seed=self.seed)
+                        models_dir=self.models_dir, seed=self.ml_seed)
 
     @field_validator("speed", mode="before")
     @classmethod

@@ -8,11 +8,14 @@ killed with SIGKILL several times and restarted, and when the broker is not up y
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
+from datetime import UTC, datetime
 
 import pytest
+from confluent_kafka import Consumer
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +42,41 @@ def test_kafka_with_one_replica_stores_what_the_embedded_pipeline_stores(cs, wor
     # the ingest role's counters reach the store through the pipeline_stats topic
     assert {r[1] for r in stats} == {"BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT"}
     assert all(r[2] == r[3] for r in stats)
+    # the ML stage of `process` scores the same windows as the embedded pipeline, with the
+    # same results, and publishes every scored window on the anomalies topic
+    anomalies = "SELECT symbol, epoch_ms(window_start), detector, score, is_anomaly " \
+                "FROM anomalies ORDER BY 1, 2, 3"
+    with cs.connect_ro(workspace.db) as con:
+        got = con.execute(anomalies).fetchall()
+    with cs.connect_ro(kafka_reference.db) as con:
+        want = con.execute(anomalies).fetchall()
+    assert len(got) > 100 and got == want
+    published = _read_topic(broker.address, "anomalies")
+    assert {(m["symbol"], m["window_start"], m["detector"]) for m in published} == \
+        {(s, _iso(t), d) for s, t, d, _, _ in got}
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def _read_topic(broker: str, topic: str, quiet_s: float = 3.0) -> list[dict]:
+    """Every message of ``topic`` from the start (read until nothing comes for ``quiet_s``:
+    the test broker's high watermark cannot be trusted)."""
+    c = Consumer({"bootstrap.servers": broker, "group.id": f"t-{time.time_ns()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "fetch.wait.max.ms": 100})
+    c.subscribe([topic])
+    out, last = [], time.monotonic()
+    try:
+        while time.monotonic() - last < quiet_s or not out and time.monotonic() - last < 30:
+            for m in c.consume(500, timeout=0.5):
+                if not m.error():
+                    out.append(json.loads(m.value()))
+                    last = time.monotonic()
+    finally:
+        c.close()
+    return out
 
 
 def test_a_process_replica_killed_again_and_again_stores_the_uninterrupted_result(
