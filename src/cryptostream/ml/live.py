@@ -12,8 +12,9 @@ transaction as the windows. Per symbol and closed window, in this order:
    then the online detector learns it (it also learns the windows of the warm-up);
 5. every forecaster that can predicts the next window's VWAP and close (``predictions``);
 6. batch models (linear, isolation forest, GRU) are refitted on the last
-   ``history_windows`` windows every ``retrain_every`` windows — the GRU in a background
-   thread, the others inline (milliseconds) — and their state is in ``ml_status``.
+   ``history_windows`` windows every ``retrain_every`` windows, in a background thread;
+   the new model is swapped in at the symbol's next window (see ``_refit``). Their state
+   is in ``ml_status``.
 
 Saved models (``cryptostream train --models-dir``) are loaded at the first window of a
 symbol; a file that cannot be loaded is reported (log + ``ml_status`` 'failed') and the
@@ -27,9 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ class _Model:
     state: str = "warming_up"
     detail: str = ""
     fitted: bool = False
-    busy: bool = False  # a background refit is running
+    pending: tuple | None = None  # (future of a background refit, training span)
 
 
 @dataclass
@@ -113,7 +114,6 @@ class MLStage:
         self.cfg = config
         self.symbols: dict[str, _Symbol] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ml-refit")
-        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -168,6 +168,7 @@ class MLStage:
         if not new:
             return  # an older window re-emitted: already scored
         start_ms, x = new[0]
+        self._collect(sym, st)
         vwap, close = float(w.vwap[0]), float(w.close[0])
         # 1. score the predictions made for this window
         for (name, version, p_vwap, p_close, base_ms, b_vwap, b_close) in st.pending.pop(start_ms, []):
@@ -250,6 +251,10 @@ class MLStage:
 
     # -- fitting -----------------------------------------------------------------------
     def _refit(self, sym: str, st: _Symbol, models: list[_Model]) -> None:
+        """Fit new instances of ``models`` on the symbol's history. A model that has never
+        been fitted is fitted now (it has nothing to score with meanwhile); a scheduled refit
+        runs in the background and is swapped in at the symbol's next window — deterministic
+        (a replay waits for it there) and without stalling a live pipeline's trades."""
         if len(models) == sum(m.batch for m in st.models.values()):
             st.since_fit = 0
         hist = st.history
@@ -258,35 +263,43 @@ class MLStage:
         feats = compute(hist, self.cfg.min_history)
         xf, y = matrix(feats, FORECAST_FEATURES)[:-1], next_log_return(hist)[:-1]
         xa = matrix(feats, ANOMALY_FEATURES)
-        span = (int(hist.start_ms[0]), int(hist.start_ms[-1]))
+        span = (int(hist.start_ms[0]), int(hist.start_ms[-1]), len(hist))
         for m in models:
-            if m.busy:
+            if m.pending is not None:
                 continue
-            if m.name == "lstm":  # seconds of work: in the background
-                m.busy = True
-                self._pool.submit(self._fit_one, sym, m, xf, y, xa, span, len(hist))
+            job = partial(self._fit_job, m, xf, y, xa)
+            if m.fitted:
+                m.pending = (self._pool.submit(job), span)
             else:
-                self._fit_one(sym, m, xf, y, xa, span, len(hist))
+                self._apply(sym, m, job, span)
 
-    def _fit_one(self, sym, m: _Model, xf, y, xa, span, n) -> None:
+    def _collect(self, sym: str, st: _Symbol) -> None:
+        """Swap in the refits started at the previous window (waiting for them if needed)."""
+        for m in st.models.values():
+            if m.pending is not None:
+                (future, span), m.pending = m.pending, None
+                self._apply(sym, m, future.result, span)
+
+    def _fit_job(self, m: _Model, xf, y, xa):
+        fresh = self._fresh(m)
+        if m.kind == "forecaster":
+            fresh.fit(xf, y)
+        else:
+            fresh.fit(xa)
+        return fresh
+
+    def _apply(self, sym: str, m: _Model, result, span: tuple[int, int, int]) -> None:
         try:
-            fresh = self._fresh(m)
-            if m.kind == "forecaster":
-                fresh.fit(xf, y)
-            else:
-                fresh.fit(xa)
-            version = persistence.new_version(m.name, fresh)
-            with self._lock:
-                m.obj, m.version, m.fitted, m.detail = fresh, version, True, \
-                    f"refit on {n} windows {span[0]}..{span[1]}"
-                if m.state == "failed":
-                    m.state = "warming_up"
-            if self.cfg.models_dir:
-                self._save(sym, m, span, n)
+            fresh = result()
         except Exception as exc:  # noqa: BLE001 - one model failing never stops the pipeline
             self._failed(sym, m, exc)
-        finally:
-            m.busy = False
+            return
+        m.obj, m.version, m.fitted = fresh, persistence.new_version(m.name, fresh), True
+        m.detail = f"refit on {span[2]} windows {span[0]}..{span[1]}"
+        if m.state == "failed":
+            m.state = "warming_up"
+        if self.cfg.models_dir:
+            self._save(sym, m, span)
 
     def _fresh(self, m: _Model):
         cfg = self.cfg
@@ -308,9 +321,9 @@ class MLStage:
                 setattr(obj, attr, min(getattr(obj, attr), rows))
         return obj
 
-    def _save(self, sym: str, m: _Model, span: tuple[int, int], n: int) -> None:
+    def _save(self, sym: str, m: _Model, span: tuple[int, int, int]) -> None:
         meta = {"name": m.name, "kind": m.kind, "symbol": sym, "version": m.version,
-                "train_first_ms": span[0], "train_last_ms": span[1], "n_train": n}
+                "train_first_ms": span[0], "train_last_ms": span[1], "n_train": span[2]}
         path = Path(self.cfg.models_dir) / sym / m.name / f"{m.version}.joblib"
         try:
             persistence.save(m.obj, path, meta)
