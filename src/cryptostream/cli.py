@@ -247,7 +247,7 @@ def dashboard(
     store = "PostgreSQL store" if postgres else str(s.db)
     err.print(f"dashboard of {store} on http://{host}:{port} (Ctrl-C stops it)")
     serve(streamlit_command(db=s.db, postgres=postgres, host=host, port=port, refresh=refresh,
-                            broker=broker, group=group))
+                            broker=broker, group=group), postgres)
 
 
 def _source_line(r: dict) -> str:

@@ -266,6 +266,38 @@ def test_ml_panels_of_a_simulated_market_in_a_real_browser(cs, tmp_path):
         _stop(dash)
 
 
+def test_dashboard_of_a_postgres_store_keeps_the_dsn_off_the_command_line(cs, tmp_path, pg_dsn):
+    from selenium.webdriver.common.by import By
+
+    _browser_paths()
+    cs.run_cli("run", "--source", "replay", "--speed", "max", "--sink", pg_dsn, "--lake", "off",
+               "--replay", cs.real.btc_csv, cwd=tmp_path)
+    port = _free_port()
+    dash = driver = None
+    try:
+        dash = _start(cs, tmp_path / "dashboard.log", "dashboard", "--postgres", pg_dsn,
+                      "--port", port)
+        _wait("/_stcore/health to answer ok", lambda: _health(port) == "ok" or dash.poll(), 60,
+              lambda: (tmp_path / "dashboard.log").read_text()[-3000:])
+        # the CLI process became the server: its command line must not carry the DSN
+        cmdline = Path(f"/proc/{dash.pid}/cmdline").read_bytes().decode().split("\0")
+        assert any("streamlit" in a for a in cmdline), cmdline
+        assert not any("postgres" in a for a in cmdline), cmdline
+        driver = _chrome(tmp_path)
+        driver.get(f"http://127.0.0.1:{port}/")
+        _wait("the candlestick chart", lambda: driver.find_elements(
+            By.CSS_SELECTOR, ".st-key-candles g.trace.boxes path"), 90)
+        trades = driver.find_elements(
+            By.CSS_SELECTOR, ".st-key-kpi-BTCUSDT [data-testid='stMetricValue']")[2].text
+        assert trades == "9,757"
+        assert "PostgreSQL 127.0.0.1:5432" in driver.find_element(
+            By.CSS_SELECTOR, "[data-testid='stSidebar']").text
+    finally:
+        if driver is not None:
+            driver.quit()
+        _stop(dash)
+
+
 def _open_tab(css, label: str, diagnose) -> None:
     tab = _wait(f"the {label} tab", lambda: [t for t in css("[role='tab']") if t.text == label],
                 20, diagnose)[0]

@@ -127,12 +127,12 @@ def sql(db: Path, query: str, params=()) -> list[tuple]:
 
 # -- driving the app ----------------------------------------------------------------------------
 def run_app(db: Path | None = None, postgres: str | None = None, at: AppTest | None = None,
-            **state) -> AppTest:
+            broker: str | None = None, **state) -> AppTest:
     if at is None:
         at = AppTest.from_string(
             "from cryptostream.dashboard.app import main\n"
-            f"main(db={str(db) if db else None!r}, postgres={postgres!r}, refresh=0)\n",
-            default_timeout=60)
+            f"main(db={str(db) if db else None!r}, postgres={postgres!r}, refresh=0, "
+            f"broker={broker!r}, group='dashboard-test')\n", default_timeout=60)
     for key, value in state.items():
         at.session_state[key] = value
     at.run()
@@ -420,3 +420,20 @@ def test_postgres_store_shows_the_same_numbers(cs, tmp_path, pg_dsn):
     assert "PostgreSQL 127.0.0.1:5432" in "\n".join(x.value for x in at.sidebar.caption)
     at = run_app(at=at, tab="Pipeline health")
     assert metrics(at)["accepted"][0] == "15,863"
+
+
+@pytest.mark.integration
+def test_consumer_lag_from_the_broker(cs, plain_db, tmp_path):
+    """Kafka mode: ``ingest`` published the recording and no ``process`` consumed it yet."""
+    broker = cs.start_broker()
+    try:
+        cs.run_cli("ingest", "--broker", broker.address, "--source", "replay", "--speed", "max",
+                   "--replay", cs.real.btc_csv, cwd=tmp_path)
+        want = cs.run_cli("topics", "lag", "--broker", broker.address, "--group",
+                          "dashboard-test", "--format", "json", cwd=tmp_path).stdout
+        total = sum(json.loads(line)["lag"] for line in want.splitlines() if line.strip())
+        assert total >= 1
+        at = run_app(plain_db, broker=broker.address, tab="Pipeline health")
+        assert metrics(at)["total lag of group dashboard-test"][0] == f"{total:,}"
+    finally:
+        broker.stop()

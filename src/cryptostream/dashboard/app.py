@@ -1,7 +1,8 @@
 """The Streamlit script of ``cryptostream dashboard``: sidebar, header KPIs, tab routing.
 
 ``streamlit run app.py -- --db PATH | --postgres DSN [--refresh S] [--broker HOST:PORT]``
-(what ``cryptostream dashboard`` runs); tests call :func:`main` through ``AppTest``.
+(what ``cryptostream dashboard`` runs, with the DSN in ``server.DSN_ENV`` rather than on the
+command line); tests call :func:`main` through ``AppTest``.
 Everything below the sidebar is one Streamlit fragment that reruns every refresh interval;
 only the selected tab is computed (lazy tabs), and every read goes through a
 ``queries.Reader`` whose cache lives in ``st.session_state`` (only new rows are fetched).
@@ -10,6 +11,7 @@ only the selected tab is computed (lazy tabs), and every read goes through a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -273,9 +275,11 @@ VIEWS = _views()
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
+    from cryptostream.dashboard.server import DSN_ENV
+
     p = argparse.ArgumentParser(prog="cryptostream dashboard app")
     p.add_argument("--db")
-    p.add_argument("--postgres")
+    p.add_argument("--postgres", default=os.environ.get(DSN_ENV) or None)
     p.add_argument("--refresh", type=float, default=5.0)
     p.add_argument("--broker")
     p.add_argument("--group", default="cryptostream")

@@ -135,7 +135,8 @@ def scores_figure(anomalies: pd.DataFrame) -> go.Figure:
                                  name=f"{det} anomalies",
                                  marker={"color": "#d62728", "size": 9}), i, 1)
     fig.update_layout(height=220 * len(detectors) + 60,
-                      **{**_LAYOUT, "legend": {"orientation": "v", "x": 1.01, "y": 1}})
+                      **{**_LAYOUT, "modebar_orientation": "h",
+                         "legend": {"orientation": "v", "x": 1.01, "y": 1}})
     return fig
 
 
@@ -158,7 +159,8 @@ def counters_figure(hist: pd.DataFrame) -> go.Figure:
     for c in ("received_per_s", "accepted_per_s", "rejected_per_s"):
         fig.add_trace(go.Scatter(x=hist["updated_at"], y=hist[c], name=c.replace("_", " "),
                                  mode="lines+markers", marker={"size": 4}), 2, 1)
-    fig.update_layout(height=460, **{**_LAYOUT, "legend": {"orientation": "v", "x": 1.01, "y": 1}})
+    fig.update_layout(height=460, **{**_LAYOUT, "modebar_orientation": "h",
+                                     "legend": {"orientation": "v", "x": 1.01, "y": 1}})
     return fig
 
 

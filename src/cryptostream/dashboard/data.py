@@ -17,8 +17,8 @@ them by the table's key and drop rows that fell out of the range.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import re
-import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,13 +73,17 @@ def iso(ts: pd.Timestamp | None) -> str | None:
 
 
 def _to_utc(df: pd.DataFrame) -> pd.DataFrame:
+    """Every time column as UTC (DuckDB labels them with the session's zone; psycopg may
+    hand over a column of datetimes as plain objects)."""
     for col in df.columns:
         dtype = df[col].dtype
         if isinstance(dtype, pd.DatetimeTZDtype):
             if str(dtype.tz) not in ("UTC", "Etc/UTC"):
                 df[col] = df[col].dt.tz_convert("UTC")
-        elif dtype == object and len(df) and hasattr(df[col].dropna().iloc[:1].squeeze(), "tzinfo"):
-            df[col] = pd.to_datetime(df[col], utc=True)
+        elif dtype == object:
+            first = df[col].dropna()
+            if len(first) and isinstance(first.iloc[0], datetime.datetime):
+                df[col] = pd.to_datetime(df[col], utc=True)
     return df
 
 
@@ -110,6 +114,10 @@ class Store:
 
     def missing(self) -> str | None:
         """Why the store does not exist yet, or None when it does."""
+        return None
+
+    def identity(self) -> object:
+        """Changes when the store is replaced (cached rows then no longer apply)."""
         return None
 
     @contextlib.contextmanager
@@ -144,6 +152,13 @@ class DuckDBStore(Store):
         from cryptostream.query import _live_endpoint
 
         return _live_endpoint(self.path) is not None
+
+    def identity(self) -> object:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     def missing(self) -> str | None:
         if self.path.exists() or self.writer_running():
@@ -350,16 +365,3 @@ def _merge(old: pd.DataFrame, new: pd.DataFrame, spec: TableSpec, order: list[st
     rest = pd.concat([tail, new], ignore_index=True) if len(tail) else new
     rest = rest.sort_values(order, ignore_index=True, kind="stable")
     return pd.concat([head, rest], ignore_index=True) if len(head) else rest
-
-
-def reset_cache(cache: MutableMapping) -> None:
-    """Forget every cached table (the next read is a full load)."""
-    for k in [k for k in cache if str(k).startswith("table:")]:
-        del cache[k]
-
-
-def timed(fn, *args, **kwargs):
-    """``(result, seconds)`` of one call."""
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0

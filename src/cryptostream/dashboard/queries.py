@@ -80,6 +80,11 @@ class Reader:
         self._t0 = time.perf_counter()
         # several writers (Kafka replicas on PostgreSQL) may commit out of order
         self.overlap_s = 5.0 if store.kind == "postgres" else 0.0
+        identity = store.identity()
+        if cache.get("store_identity") != identity:  # a new file at the same path
+            for k in [k for k in cache if str(k).startswith(("table:", "latest:"))]:
+                del cache[k]
+            cache["store_identity"] = identity
 
     def _once(self, name: str, fn):
         if name not in self._memo:

@@ -2,7 +2,8 @@
 
 The command line is ``python -m streamlit run dashboard/app.py`` with the server bound to
 ``host:port`` (127.0.0.1 by default), headless, without usage statistics or file watching;
-the store and refresh interval follow ``--`` as the app's own arguments.
+the store and refresh interval follow ``--`` as the app's own arguments (a PostgreSQL DSN
+travels in the environment instead).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from pathlib import Path
 
 from cryptostream.dashboard import APP_PATH
 from cryptostream.errors import CryptoStreamError
+
+#: the environment variable that carries ``--postgres`` to the app (no CRYPTOSTREAM_ prefix:
+#: it is not a setting)
+DSN_ENV = "_CRYPTOSTREAM_DASHBOARD_DSN"
 
 
 def streamlit_command(*, db: Path | None, postgres: str | None, host: str, port: int,
@@ -27,9 +32,7 @@ def streamlit_command(*, db: Path | None, postgres: str | None, host: str, port:
     ('8600', ['--refresh', '5.0', '--db', 'x.duckdb'])
     """
     app_args = ["--refresh", str(float(refresh))]
-    if postgres:
-        app_args += ["--postgres", postgres]
-    else:
+    if not postgres:  # a PostgreSQL DSN (it may hold a password) goes through the environment
         app_args += ["--db", str(db)]
     if broker:
         app_args += ["--broker", broker, "--group", group]
@@ -59,8 +62,13 @@ def check_port(host: str, port: int) -> None:
         ) from exc
 
 
-def serve(cmd: list[str]) -> None:
-    """Replace this process with Streamlit (signals then reach the server directly)."""
+def serve(cmd: list[str], postgres: str | None = None) -> None:
+    """Replace this process with Streamlit (signals then reach the server directly); a
+    PostgreSQL DSN is handed over in ``DSN_ENV``, never on the command line (``ps`` shows it)."""
+    env = dict(os.environ)
+    env.pop(DSN_ENV, None)
+    if postgres:
+        env[DSN_ENV] = postgres
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(cmd[0], cmd)
+    os.execve(cmd[0], cmd, env)
