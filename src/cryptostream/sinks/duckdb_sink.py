@@ -16,6 +16,7 @@ outside everything stored before the run (the usual case) is inserted directly.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -81,6 +82,9 @@ STATS_ADDED = (
 )
 
 
+LOCK_WAIT_S = 3.0  # how long open() retries a file held by a reader
+
+
 def agg_ddl(table: str) -> str:
     cols = ", ".join(f"{n} {t}" for n, t in AGG_COLUMNS)
     return f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY (symbol, window_start))"
@@ -127,13 +131,21 @@ class DuckDBSink:
     def open(self) -> None:
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.con = duckdb.connect(str(self.path))
-        except duckdb.IOException as exc:
-            raise SinkError(
-                f"cannot open {self.path} for writing: {exc}. Another pipeline probably owns it; "
-                "stop it or pass a different --db (readers use `cryptostream query`)."
-            ) from exc
+        # a reader (dashboard, `cryptostream query`) opens an idle store read-only for a
+        # fraction of a second: wait that out before calling the store taken
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                self.con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise SinkError(
+                    f"cannot open {self.path} for writing: {exc}. Another pipeline probably owns it; "
+                    "stop it or pass a different --db (readers use `cryptostream query`)."
+                ) from exc
         if self.threads:
             self.con.execute(f"SET threads = {int(self.threads)}")
         self.con.execute(trades_ddl())
