@@ -116,6 +116,7 @@ class Window:
             "range_pct": (self.high - self.low) / self.low * 100.0,
             "return_pct": (self.last_price - self.first_price) / self.first_price * 100.0,
             "missing_trades": self.last_id - self.first_id + 1 - n,
+            "complete": self.last_id - self.first_id + 1 == n,
             "emitted_at_us": now_us,
         }
 

@@ -149,7 +149,8 @@ class RealFiles:
 
 
 TRADE_COLS = "symbol, trade_id, price, qty, trade_time, is_buyer_maker, is_price_spike"
-AGG_EXACT = ("trade_count", "first_trade_id", "last_trade_id", "missing_trades", "spike_count")
+AGG_EXACT = ("trade_count", "first_trade_id", "last_trade_id", "missing_trades", "spike_count",
+             "complete")
 AGG_FLOAT = ("open", "high", "low", "close", "volume", "quote_volume", "vwap", "avg_price",
              "price_stddev", "buy_volume", "sell_volume", "buy_sell_ratio", "range_pct", "return_pct")
 

@@ -391,7 +391,7 @@ def ingest(
                       max_clock_skew_s=max_clock_skew, partitions=partitions, publish_raw=publish_raw)
     _need_broker(s)
     pipe = IngestPipeline(s)
-    _stop_on_signals(pipe.stop)
+    _stop_on_signals(pipe.stop, s.shutdown_timeout_s)
     err.print(f"[dim]{pipe.run_id}: {s.source} -> {s.broker}[/dim]")
     sm = pipe.run()
     err.print(f"received {sm.received:,} records, published {sm.published:,} messages, "
@@ -427,17 +427,16 @@ def process(
                       **_ml(ml, ml_models, ml_warmup, models_dir, contamination))
     _need_broker(s)
     pipe = ProcessPipeline(s)
-    _stop_on_signals(pipe.stop)
+    _stop_on_signals(pipe.stop, s.shutdown_timeout_s)
     err.print(f"[dim]{pipe.run_id}: {s.broker} -> {', '.join(s.sinks)}[/dim]")
     n = pipe.run()
     err.print(f"processed {n:,} records")
 
 
-def _stop_on_signals(stop) -> None:
-    import signal
+def _stop_on_signals(stop, timeout_s: float) -> None:
+    from cryptostream import shutdown
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop())
+    shutdown.install(stop, timeout_s)
 
 
 def _register_standins() -> None:

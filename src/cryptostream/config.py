@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     #: windows get the same scores whatever produced them)
     ml_seed: int = 0
     # operation
+    #: SIGINT/SIGTERM: stop gracefully, or exit (status 3) if that takes longer than this
+    shutdown_timeout_s: float = Field(10.0, ge=0.0)
     progress: bool | None = None
     queue_batches: int = 8
 

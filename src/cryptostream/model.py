@@ -277,6 +277,7 @@ AGG_COLUMNS: tuple[tuple[str, str], ...] = (
     ("recv_latency_p99_ms", "DOUBLE"),
     ("recv_latency_max_ms", "DOUBLE"),
     ("emitted_at", "TIMESTAMPTZ"),
+    ("complete", "BOOLEAN"),  # missing_trades == 0 (added last: older stores get it by ALTER)
 )
 
 #: Columns of the ``trades`` table.

@@ -9,8 +9,8 @@ processes read the DuckDB file while this process owns it.
 
 from __future__ import annotations
 
+import logging
 import os
-import signal
 import threading
 import time
 import uuid
@@ -18,10 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptostream import shutdown
 from cryptostream.config import Settings
 from cryptostream.errors import ConfigError
 from cryptostream.processing.engine import EngineConfig, Output, Processor, SymbolCounters
-from cryptostream.sinks.base import stats_rows
+from cryptostream.processing.state import continue_run, snapshot
+from cryptostream.sinks.base import Checkpoint, stats_rows
 from cryptostream.sinks.fanout import build_sinks
 from cryptostream.sinks.lake import ParquetLake
 from cryptostream.sinks.writer import SinkWriter
@@ -31,6 +33,9 @@ from cryptostream.transport.channel import InProcessChannel, feed
 US = 1_000_000
 HEARTBEAT_S = 1.0
 ML_TABLE = "agg_1m"  # the ML stage scores the closed windows of this table
+RESUME_GROUP = "embedded"  # consumer_checkpoints.group_id of the embedded pipeline's state
+
+log = logging.getLogger("cryptostream.pipeline")
 
 
 def now_us() -> int:
@@ -179,6 +184,10 @@ class EmbeddedPipeline:
             if settings.lake and self.sink is not None else None
         self.channel = InProcessChannel(maxsize=settings.queue_batches)
         self.ml = ml_stage(settings)
+        # a live run continues where the previous one over the same store stopped: its
+        # processor state is checkpointed with every stats write (decision 18)
+        self.resume_key = None if self.source.finite else f"embedded:{self.source.name}"
+        self.resumed_from: dict[str, int] = {}
         self.reference = ReferenceFeed(settings) if settings.coingecko else None
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self.summary = RunSummary(self.run_id)
@@ -204,6 +213,7 @@ class EmbeddedPipeline:
         self.sinks.open()
         if self.lake:
             self.lake.open()
+        self._resume()
         server = QueryServer(self.sink, Path(s.db)) if s.serve_queries and self.sink else None
         if server:
             server.start()
@@ -278,10 +288,37 @@ class EmbeddedPipeline:
             stats = stats_rows(self.run_id, self._started_us, now, self.source.name,
                                self.processor.counters, self.source.status())
             self._stats_written_us = now
+        checkpoints = []
+        if stats and self.resume_key:  # the state that goes with everything written so far
+            checkpoints = [Checkpoint(RESUME_GROUP, self.resume_key, 0, 0,
+                                      snapshot(self.processor))]
         score_windows(self.ml, out, now)
-        writer.submit(out, stats, now)
+        writer.submit(out, stats, now, checkpoints)
         for table, rows in out.windows.items():
             self.summary.windows[table] = self.summary.windows.get(table, 0) + len(rows)
+
+    def _resume(self) -> None:
+        """Restore the previous live run's processor state (open windows, dedup, gaps) and
+        let the source fetch what it missed meanwhile."""
+        if not self.resume_key:
+            return
+        cp = self.sinks.load_checkpoint(RESUME_GROUP, self.resume_key, 0)
+        if cp is None or not cp.state:
+            return
+        try:
+            last_ids = continue_run(self.processor, cp.state)
+        except ValueError as exc:  # a snapshot of another version: start afresh, say so
+            log.warning("not resuming from the stored state (%s); starting afresh", exc)
+            self.processor = Processor(engine_config(self.s))
+            return
+        for sym in self.s.symbols:
+            self.processor.counters.setdefault(sym, SymbolCounters())
+        self.resumed_from = last_ids
+        resume = getattr(self.source, "resume_after", None)
+        if resume is not None:
+            resume(last_ids)
+        log.info("resumed %s: %d open windows' state, last trade ids %s", self.resume_key,
+                 sum(len(st.panes) for st in self.processor.states.values()), last_ids)
 
     def _report(self, t0: float) -> None:
         sm = self.summary
@@ -296,15 +333,8 @@ class EmbeddedPipeline:
             self.on_progress(sm, self.source)
 
     def _install_signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum, frame):
-            self.stop()
-
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return shutdown.install(self.stop, self.s.shutdown_timeout_s)
 
     @staticmethod
     def _restore_signals(old) -> None:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+        shutdown.restore(old)

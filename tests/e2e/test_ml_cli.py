@@ -161,3 +161,24 @@ def test_a_replay_fills_the_ml_tables_for_every_closed_window_after_warm_up(tmp_
     naive_err = [e for e in errors if e[1] == "naive"]
     assert naive_err, "naive predictions of closed windows must be scored"
     assert {st for s, c, st in status if c in DETECTORS | {"naive"}} == {"ready"}
+
+
+def test_evaluate_reads_a_store_while_nothing_else_has_it(tmp_path, cs):
+    """`--from store.duckdb` evaluates the pipeline's own agg_1m windows."""
+    db = tmp_path / "s.duckdb"
+    cs.run_cli(*cs.replay_args(db, "off", cs.real.btc_csv, cs.real.eth_csv), "--no-ml",
+               cwd=tmp_path)
+    out = tmp_path / "rep"
+    cs.run_cli("evaluate", "--from", db, "--warmup", "3", "--models", "naive,linear",
+               "--report", out, "--no-progress", cwd=tmp_path)
+    m = json.loads((out / "metrics.json").read_text())
+    with cs.connect_ro(db) as con:
+        for sym in ("BTCUSDT", "ETHUSDT"):
+            rows = con.execute("SELECT epoch_ms(window_start), quote_volume / volume FROM agg_1m "
+                               "WHERE symbol = ? ORDER BY 1", [sym]).fetchall()
+            f = m["forecast"][sym]
+            assert (f["first_target_ms"], f["last_target_ms"]) == (rows[3][0], rows[-1][0])
+            errors = [abs(rows[j - 1][1] - rows[j][1]) for j in range(3, len(rows))]
+            assert f["models"]["naive"]["mae"] == pytest.approx(sum(errors) / len(errors),
+                                                                rel=1e-12)
+            assert f["models"]["naive"]["n"] == f["models"]["linear"]["n"] == len(errors)

@@ -99,3 +99,47 @@ def test_a_quiet_client_link_answers_pings_and_never_floods_the_server(cs, works
     assert st.connections_closed.get("pong_timeout", 0) == 0
     assert st.rate_violations == 0
     assert st.pongs_received >= 10, st
+
+
+def test_a_run_stopped_mid_minute_and_restarted_stores_what_a_clean_replay_stores(
+        cs, workspace, fake_binance, clean_replay):
+    """SIGTERM in the middle of a minute, a few seconds down, then the same command again:
+    the second run restores the open windows, fetches the trades it missed over REST and
+    stores what an uninterrupted replay stores — no window written partial, none lost."""
+    import signal
+
+    fake = fake_binance([cs.real.btc_jsonl, cs.real.eth_jsonl], speed=12.0)
+    st = fake.stats
+    first = cs.start_cli(*_live_args(fake, workspace, 60), cwd=workspace.root)
+    try:
+        _wait_for(lambda: st.trade_messages_sent > 6000, 40, "6000 messages")
+        t0 = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        _out, err = first.communicate(timeout=15)
+        stopped_in = time.monotonic() - t0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err[-3000:]
+    assert stopped_in < 10, f"SIGTERM took {stopped_in:.1f} s"
+    with cs.connect_ro(workspace.db) as con:
+        stored_before = con.execute("SELECT count(*) FROM trades").fetchone()[0]
+        partial = con.execute("SELECT max(window_end) FROM agg_1m").fetchone()[0]
+    time.sleep(3.0)  # down: the stand-in's clock runs on, what it would send is gone
+    second = cs.start_cli(*_live_args(fake, workspace, 40), cwd=workspace.root)
+    try:
+        _wait_for(lambda: fake.finished, 60, "the end of the recording")
+        _out, err = second.communicate(timeout=90)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert second.returncode == 0, err[-3000:]
+    assert 0 < stored_before < 15_000 and partial is not None
+    assert cs.assert_same_store(workspace.db, clean_replay.db) > 15_000
+    with cs.connect_ro(workspace.db) as con:
+        incomplete = con.execute("SELECT count(*) FROM agg_1m WHERE NOT complete").fetchone()[0]
+        runs = con.execute("SELECT run_id, sum(backfilled_trades), sum(duplicates) "
+                           "FROM pipeline_stats GROUP BY run_id ORDER BY min(started_at)"
+                           ).fetchall()
+    assert incomplete == 0
+    assert len(runs) == 2 and runs[1][1] > 300, runs  # the downtime came back over REST

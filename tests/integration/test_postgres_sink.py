@@ -115,6 +115,7 @@ def _synthetic(n_per_symbol: int) -> Output:
         for i in range(500):
             row = {n: float(rng.random()) for n, t in AGG_COLUMNS if t == "DOUBLE"}
             row.update({n: int(i) for n, t in AGG_COLUMNS if t == "BIGINT"})
+            row.update({n: i % 2 == 0 for n, t in AGG_COLUMNS if t == "BOOLEAN"})
             start = 1_723_161_600_000_000 + i * 60_000_000
             row.update(symbol=sym, window_start_us=start, window_end_us=start + 60_000_000,
                        emitted_at_us=NOW_US)

@@ -63,9 +63,11 @@ EXPECTED = {
     "range_pct": 350 / 98,
     "return_pct": 1.0,
     "missing_trades": 1,
+    "complete": False,  # id 3 never came: the window says so
 }
 
-EXACT = {"trade_count", "spike_count", "first_trade_id", "last_trade_id", "missing_trades"}
+EXACT = {"trade_count", "spike_count", "first_trade_id", "last_trade_id", "missing_trades",
+         "complete"}
 
 
 def check_row(row: dict, expected: dict) -> None:

@@ -116,6 +116,9 @@ class PaneAgg:
             "range_pct": (self.high - self.low) / self.low * 100.0,
             "return_pct": (self.last_price - self.first_price) / self.first_price * 100.0,
             "missing_trades": self.last_id - self.first_id + 1 - n,
+            # no trade id missing between the window's first and last: a window left with a
+            # hole (data truly lost, backfill impossible) says so rather than passing as whole
+            "complete": self.last_id - self.first_id + 1 == n,
             "latency_avg_ms": lat[0],
             "latency_p50_ms": lat[1],
             "latency_p99_ms": lat[2],

@@ -115,3 +115,16 @@ def restore(proc: Processor, data: bytes) -> None:
         sc = SymbolCounters(**dict(zip(_COUNTER_FIELDS, c[:-1], strict=True)))
         sc.rejected = Counter({RejectReason(r): n for r, n in c[-1].items()})
         proc.counters[sym] = sc
+
+
+def continue_run(proc: Processor, data: bytes) -> dict[str, int]:
+    """Restore a snapshot as the start of a *new* run of the same pipeline: the open
+    windows, dedup state, watermarks and open gaps come back; the run counters start at
+    zero (each run has its own ``pipeline_stats`` rows). Returns each symbol's last trade
+    id, where a live source continues (``BinanceSource.resume_after``)."""
+    restore(proc, data)
+    for sym, c in list(proc.counters.items()):
+        proc.counters[sym] = SymbolCounters(
+            max_trade_time_us=c.max_trade_time_us, watermark_us=c.watermark_us,
+            gaps_open=c.gaps_open)
+    return {sym: st.dedup.hwm for sym, st in proc.states.items() if st.dedup.hwm is not None}

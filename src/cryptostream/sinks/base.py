@@ -94,7 +94,7 @@ def trades_table(output: Output) -> pa.Table | None:
 _AGG_SCHEMA = pa.schema(
     [
         (name, {"VARCHAR": pa.string(), "TIMESTAMPTZ": TS, "BIGINT": pa.int64(),
-                "DOUBLE": pa.float64()}[sql])
+                "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_()}[sql])
         for name, sql in AGG_COLUMNS
     ]
 )

@@ -151,6 +151,8 @@ class DuckDBSink:
         self.con.execute(trades_ddl())
         for w in self.windows:
             self.con.execute(agg_ddl(w.table))
+            # columns added to the window contract after its first release
+            self.con.execute(f"ALTER TABLE {w.table} ADD COLUMN IF NOT EXISTS complete BOOLEAN")
         for ddl in (REJECTS_DDL, GAPS_DDL, STATS_DDL, REFERENCE_DDL, CHECKPOINTS_DDL):
             self.con.execute(ddl)
         for table in ML_TABLES:

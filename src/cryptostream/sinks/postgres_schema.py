@@ -170,6 +170,9 @@ def migrate(conn: psycopg.Connection, windows: tuple[WindowSpec, ...]) -> list[i
             applied_now.append(m.version)
         for w in windows:
             conn.execute(agg_ddl(w.table))
+            # columns added to AGG_COLUMNS after their first release, on older tables
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS complete BOOLEAN")
+                         .format(sql.Identifier(w.table)))
         expected = [n for n, _ in AGG_COLUMNS]
         cols = columns(conn, tuple(w.table for w in windows))
         for w in windows:

@@ -32,9 +32,11 @@ class SinkWriter:
         self._thread = threading.Thread(target=self._loop, name="sink-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, out: Output, stats: list[dict], now_us: int) -> None:
+    def submit(self, out: Output, stats: list[dict], now_us: int,
+               checkpoints: list = ()) -> None:
+        """Queue one flush; ``checkpoints`` are written in the same transaction."""
         self._raise()
-        self._q.put((out, stats, now_us))
+        self._q.put((out, stats, now_us, checkpoints))
 
     def close(self, final_lake_export: bool = True) -> None:
         """Wait for every submitted flush to be written (then export the lake)."""
@@ -63,9 +65,9 @@ class SinkWriter:
                 return
             if self._error is not None:
                 continue  # drain: nothing more is written after a failure
-            out, stats, now_us = item
+            out, stats, now_us, checkpoints = item
             try:
-                self.sink.write(out, stats, now_us)
+                self.sink.write(out, stats, now_us, checkpoints=checkpoints)
                 if self.lake:
                     self.lake.mark(out)
                     self.lake.export_dirty(self.lake_source, final=False,

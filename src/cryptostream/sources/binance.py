@@ -198,6 +198,14 @@ class BinanceSource:
         if event in ("reconnected", "stale"):
             self._catch_up()
 
+    def resume_after(self, last_ids: dict[str, int]) -> None:
+        """Continue from a previous run: each symbol's trades after ``last_ids[symbol]``
+        are fetched over REST once the stream shows where it is now (the downtime is a gap
+        like any other). Call before ``batches()``."""
+        for sym, last in last_ids.items():
+            if sym in self.symbols:
+                self._last_id[sym] = int(last)
+
     def _catch_up(self) -> None:
         """Fetch every trade after each symbol's last id (trades may have been missed)."""
         if not self.backfill:
