@@ -34,6 +34,7 @@ MlOpt = Annotated[bool | None, typer.Option("--ml/--no-ml", help="Score every cl
 MlModelsOpt = Annotated[str | None, typer.Option(help="Forecasters, comma-separated, from naive,linear,online_linear,lstm (naive is always on) [default: naive,linear,online_linear].")]
 MlWarmupOpt = Annotated[int | None, typer.Option(help="Closed windows per symbol before the models score [default: 60].")]
 ModelsDirOpt = Annotated[Path | None, typer.Option(help="Start from the latest models `cryptostream train` saved here, and save refits here [default: train live only].")]
+RetainOpt = Annotated[float | None, typer.Option(help="Prune raw trades older than this many days (before each symbol's newest trade) from the store and the lake; windows are kept [default: keep all].")]
 ContaminationOpt = Annotated[float | None, typer.Option(help="Share of windows the anomaly detectors flag [default: 0.05].")]
 
 
@@ -73,6 +74,7 @@ def run(
     group: Annotated[str | None, typer.Option(help="Consumer group with --broker [default: cryptostream].")] = None,
     sink: Annotated[list[str] | None, typer.Option("--sink", help="'duckdb' (the --db file) and/or a postgres:// DSN. Repeatable [default: duckdb].")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar [default: when stderr is a terminal].")] = None,
+    retain_trades_days: RetainOpt = None,
     ml: MlOpt = None,
     ml_models: MlModelsOpt = None,
     ml_warmup: MlWarmupOpt = None,
@@ -93,7 +95,7 @@ def run(
         stale_after_s=stale_after, max_connection_age_s=max_connection_age,
         backfill_wait_s=backfill_wait, coingecko_url=coingecko_url,
         coingecko_interval_s=coingecko_interval, flush_interval_s=flush_interval, broker=broker,
-        group=group, sinks=tuple(sink or ()),
+        group=group, sinks=tuple(sink or ()), retain_trades_days=retain_trades_days,
         **_ml(ml, ml_models, ml_warmup, models_dir, contamination),
     )
     if s.broker:

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     duration_s: float | None = None
     seed: int = 0
     sim_trades_per_s: float = 30.0
+    #: combined trades/s of all simulated symbols (``--rate``), instead of ``sim_trades_per_s``
+    #: per symbol; paces the simulation in real time unless ``speed`` is given, so that a
+    #: ``duration`` lasts that long in wall time
+    sim_rate: float | None = Field(None, gt=0)
     binance_url: str = "wss://stream.binance.com:9443"
     #: unset: https://api.binance.com, or the stream's own host when that is a local stand-in
     binance_rest_url: str | None = None
@@ -101,6 +105,9 @@ class Settings(BaseSettings):
     flush_interval_s: float | None = None
     flush_max_trades: int = 500_000
     lake_interval_s: float = 60.0
+    #: prune raw trades older than this many days before each symbol's newest trade (event
+    #: time) from the store and the lake; windows are kept. None keeps every trade.
+    retain_trades_days: float | None = Field(None, gt=0)
     serve_queries: bool = True
     #: DuckDB worker threads of the store; 1 measured fastest end to end (docs/benchmarks.md)
     duckdb_threads: int = Field(1, ge=1)
@@ -121,6 +128,10 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(10.0, ge=0.0)
     progress: bool | None = None
     queue_batches: int = 8
+    #: Prometheus /metrics, /healthz, /readyz on 127.0.0.1:N; 0 turns them off; unset: 9108,
+    #: skipped with a warning when another process holds that port
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    log_format: Literal["human", "json"] = "human"
 
     @field_validator("source", mode="before")
     @classmethod
@@ -280,13 +291,23 @@ class Settings(BaseSettings):
         """Event time per wall time, None = as fast as possible.
 
         Replays default to 'max'; the simulator defaults to real time unless it has a
-        ``duration`` (an endless simulation at full speed would only fill the disk).
+        ``duration`` (an endless simulation at full speed would only fill the disk) and no
+        ``sim_rate`` (a rate is trades per wall-clock second).
         """
         if self.speed == "max":
             return None
         if self.speed is None:
-            return 1.0 if self.trade_source == "simulate" and self.duration_s is None else None
+            real_time = self.duration_s is None or self.sim_rate is not None
+            return 1.0 if self.trade_source == "simulate" and real_time else None
         return float(self.speed)
+
+    @property
+    def sim_trades_per_symbol(self) -> float:
+        """Mean simulated trades/s of each symbol: ``sim_rate`` shared out, else
+        ``sim_trades_per_s``."""
+        if self.sim_rate is not None:
+            return self.sim_rate / max(1, len(self.symbols))
+        return self.sim_trades_per_s
 
     @property
     def allowed_lateness_us(self) -> int:

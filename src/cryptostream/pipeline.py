@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptostream import shutdown
 from cryptostream.config import Settings
 from cryptostream.errors import ConfigError
+from cryptostream.observability.hooks import NO_TELEMETRY, Telemetry
 from cryptostream.processing.engine import EngineConfig, Output, Processor, SymbolCounters
 from cryptostream.processing.state import continue_run, snapshot
 from cryptostream.sinks.base import Checkpoint, stats_rows
@@ -33,6 +34,7 @@ from cryptostream.transport.channel import InProcessChannel, feed
 US = 1_000_000
 HEARTBEAT_S = 1.0
 ML_TABLE = "agg_1m"  # the ML stage scores the closed windows of this table
+RETAIN_EVERY_S = 60  # how often trades past the retention are pruned
 RESUME_GROUP = "embedded"  # consumer_checkpoints.group_id of the embedded pipeline's state
 
 log = logging.getLogger("cryptostream.pipeline")
@@ -65,11 +67,13 @@ def build_source(s: Settings) -> Source:
     if kind == "simulate":
         from cryptostream.sources.simulator import SimulatorSource
 
-        # An open-ended simulation plays "now"; one with a duration is reproducible (fixed epoch).
-        start = (now_us() // 1000) * 1000 if s.duration_s is None else None
+        # An open-ended simulation plays "now", and so does one paced in real time by a
+        # --rate; one with a duration is reproducible (fixed epoch).
+        playing_now = s.duration_s is None or (s.sim_rate is not None and s.pace == 1.0)
+        start = (now_us() // 1000) * 1000 if playing_now else None
         return SimulatorSource(
             s.symbols, seed=s.seed, duration_s=s.duration_s, speed=s.pace,
-            trades_per_s=s.sim_trades_per_s, start_time_us=start,
+            trades_per_s=s.sim_trades_per_symbol, start_time_us=start,
             # unpaced: big batches (per-batch costs dominate small ones, see docs/benchmarks.md)
             batch_size=4096 if s.pace is not None else 65536,
         )
@@ -170,15 +174,17 @@ class EmbeddedPipeline:
     """One process: source -> in-process channel -> processor -> DuckDB (+ Parquet lake)."""
 
     def __init__(self, settings: Settings, source: Source | None = None,
-                 on_progress: Callable[[RunSummary, Source], None] | None = None):
+                 on_progress: Callable[[RunSummary, Source], None] | None = None,
+                 telemetry: Telemetry | None = None):
         self.s = settings
+        self.telemetry = telemetry or NO_TELEMETRY  # metrics hooks (observability/hooks.py)
         self.source = source or build_source(settings)
         self.processor = Processor(engine_config(settings))
         if not self.source.finite:  # live: every configured symbol shows up in the stats at once
             for sym in settings.symbols:
                 self.processor.counters.setdefault(sym, SymbolCounters())
-        self.sinks = build_sinks(settings.sinks, settings.db, settings.window_specs(),
-                                 settings.duckdb_threads)
+        self.sinks = self.telemetry.wrap_sink(build_sinks(
+            settings.sinks, settings.db, settings.window_specs(), settings.duckdb_threads))
         self.sink = self.sinks.duckdb  # the lake and the query endpoint need the DuckDB file
         self.lake = ParquetLake(settings.lake, settings.window_specs()) \
             if settings.lake and self.sink is not None else None
@@ -195,6 +201,7 @@ class EmbeddedPipeline:
         self._stop = threading.Event()
         self._started_us = now_us()
         self._stats_written_us = 0
+        self._pruned_us = 0
 
     # -- control ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -218,7 +225,8 @@ class EmbeddedPipeline:
         if server:
             server.start()
         old = self._install_signals() if install_signals else None
-        writer = SinkWriter(self.sinks, self.lake, s.lake_interval_s, lake_source=self.sink)
+        writer = self.writer = SinkWriter(self.sinks, self.lake, s.lake_interval_s,
+                                          lake_source=self.sink)
         t0 = time.monotonic()
         producer = threading.Thread(target=self._produce, name="source", daemon=True)
         producer.start()
@@ -237,10 +245,13 @@ class EmbeddedPipeline:
                     wait = min(wait, max(0.0, interval - (time.monotonic() - last_flush)))
                 item = self.channel.get(timeout_s=wait)
                 now = now_us()
+                self.telemetry.beat()
                 if item is None:
                     break
                 if item is not TimeoutError:
+                    t_batch = time.perf_counter()
                     out = self.processor.process(item, now)
+                    self.telemetry.batch(time.perf_counter() - t_batch)
                     pending.extend(out)
                     pending_trades += len(item.trades)
                 if self.reference:
@@ -293,9 +304,20 @@ class EmbeddedPipeline:
             checkpoints = [Checkpoint(RESUME_GROUP, self.resume_key, 0, 0,
                                       snapshot(self.processor))]
         score_windows(self.ml, out, now)
-        writer.submit(out, stats, now, checkpoints)
+        writer.submit(out, stats, now, checkpoints, self._retention(now, final))
         for table, rows in out.windows.items():
             self.summary.windows[table] = self.summary.windows.get(table, 0) + len(rows)
+
+    def _retention(self, now: int, final: bool) -> dict[str, int] | None:
+        """Per symbol, the trade time before which stored trades are pruned — at most once a
+        minute (and at the end); None when nothing is due."""
+        days = self.s.retain_trades_days
+        if days is None or not (final or now - self._pruned_us >= RETAIN_EVERY_S * US):
+            return None
+        self._pruned_us = now
+        keep_us = int(days * 86_400 * US)
+        return {sym: c.max_trade_time_us - keep_us for sym, c in self.processor.counters.items()
+                if sym and c.max_trade_time_us is not None}
 
     def _resume(self) -> None:
         """Restore the previous live run's processor state (open windows, dedup, gaps) and

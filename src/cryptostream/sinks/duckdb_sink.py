@@ -246,6 +246,20 @@ class DuckDBSink:
             batch = trades if len(fresh) == len(syms) else pa.concat_tables(fresh)
             self._run("INSERT INTO trades SELECT * FROM batch", batch)
 
+    def prune_trades(self, before_us: dict[str, int]) -> int:
+        """Delete each symbol's trades older than ``before_us[symbol]`` (retention); the
+        window tables keep everything. Returns the rows deleted."""
+        if self.con is None:
+            raise SinkError("DuckDBSink.prune_trades before open()")
+        deleted = 0
+        with self.lock:
+            for sym, cutoff in before_us.items():
+                row = self.con.execute(
+                    "DELETE FROM trades WHERE symbol = ? AND trade_time < make_timestamptz(?)",
+                    [sym, cutoff]).fetchone()
+                deleted += row[0] if row else 0
+        return deleted
+
     def load_checkpoint(self, group: str, topic: str, partition: int) -> Checkpoint | None:
         if self.con is None:
             raise SinkError("DuckDBSink.load_checkpoint before open()")

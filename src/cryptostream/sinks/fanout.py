@@ -38,6 +38,9 @@ class FanoutSink:
     def load_checkpoint(self, group: str, topic: str, partition: int) -> Checkpoint | None:
         return self.sinks[0].load_checkpoint(group, topic, partition)
 
+    def prune_trades(self, before_us: dict[str, int]) -> int:
+        return sum(s.prune_trades(before_us) for s in self.sinks)
+
     def flush(self) -> None:
         for s in self.sinks:
             s.flush()

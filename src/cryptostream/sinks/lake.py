@@ -52,6 +52,25 @@ class ParquetLake:
             for r in rows:
                 self.dirty.add((table, r["symbol"], (r["window_start_us"] // HOUR_US) * HOUR_US))
 
+    def prune_trades(self, before_us: dict[str, int]) -> int:
+        """Delete the trade files whose whole hour lies before ``before_us[symbol]``
+        (retention; window files are kept). Returns the files deleted."""
+        removed = 0
+        self.dirty = {(t, sym, h) for t, sym, h in self.dirty
+                      if t != "trades" or h + HOUR_US > before_us.get(sym, h + HOUR_US)}
+        for sym, cutoff in before_us.items():
+            for path in (self.root / "trades" / f"symbol={sym}").glob("date=*/part-*.parquet"):
+                day = path.parent.name.removeprefix("date=")
+                try:
+                    start = datetime.strptime(f"{day} {path.stem[5:]}", "%Y-%m-%d %H")
+                except ValueError:
+                    continue  # not a file of ours
+                hour_us = int(start.replace(tzinfo=UTC).timestamp()) * 1_000_000
+                if hour_us + HOUR_US <= cutoff:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
     def export_dirty(self, sink, final: bool, interval_s: float = 0.0) -> int:
         """Rewrite the dirty partitions from ``sink`` (a ``DuckDBSink``); returns files written."""
         if not self.dirty or (not final and time.monotonic() - self._last_export < interval_s):

@@ -161,6 +161,22 @@ class PostgresSink:
     def flush(self) -> None:
         """Nothing to do: every ``write`` commits before it returns (durable in PostgreSQL)."""
 
+    def prune_trades(self, before_us: dict[str, int]) -> int:
+        """Delete each symbol's trades older than ``before_us[symbol]`` (retention)."""
+        def prune(attempt: _Attempt) -> int:
+            pool = self._pool
+            if pool is None:
+                raise SinkError("PostgresSink closed during prune_trades")
+            with pool.connection(timeout=attempt.timeout) as conn, conn.transaction():
+                n = 0
+                for sym, cutoff in before_us.items():
+                    n += conn.execute("DELETE FROM trades WHERE symbol = %s AND "
+                                      "trade_time < to_timestamp(%s / 1e6)",
+                                      [sym, cutoff]).rowcount
+                return n
+
+        return self._run_with_retry("prune_trades", prune)
+
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None

@@ -33,10 +33,15 @@ class SinkWriter:
         self._thread.start()
 
     def submit(self, out: Output, stats: list[dict], now_us: int,
-               checkpoints: list = ()) -> None:
-        """Queue one flush; ``checkpoints`` are written in the same transaction."""
+               checkpoints: list = (), prune_before_us: dict[str, int] | None = None) -> None:
+        """Queue one flush; ``checkpoints`` are written in the same transaction; then the
+        trades older than ``prune_before_us[symbol]`` are deleted (retention)."""
         self._raise()
-        self._q.put((out, stats, now_us, checkpoints))
+        self._q.put((out, stats, now_us, checkpoints, prune_before_us))
+
+    def depth(self) -> int:
+        """Flushes submitted and not yet taken by the writer thread (for the metrics)."""
+        return self._q.qsize()
 
     def close(self, final_lake_export: bool = True) -> None:
         """Wait for every submitted flush to be written (then export the lake)."""
@@ -65,9 +70,13 @@ class SinkWriter:
                 return
             if self._error is not None:
                 continue  # drain: nothing more is written after a failure
-            out, stats, now_us, checkpoints = item
+            out, stats, now_us, checkpoints, prune = item
             try:
                 self.sink.write(out, stats, now_us, checkpoints=checkpoints)
+                if prune:
+                    self.sink.prune_trades(prune)
+                    if self.lake:
+                        self.lake.prune_trades(prune)
                 if self.lake:
                     self.lake.mark(out)
                     self.lake.export_dirty(self.lake_source, final=False,
