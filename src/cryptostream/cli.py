@@ -43,6 +43,28 @@ def _ml(ml, ml_models, ml_warmup, models_dir, contamination) -> dict:
                 "contamination": contamination}
 
 
+MetricsPortOpt = Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics, /healthz and /readyz on 127.0.0.1:N; 0 turns them off [default: 9108].")]
+LogFormatOpt = Annotated[str | None, typer.Option("--log-format", help="human | json (one JSON object per line on stderr) [default: human].")]
+RateOpt = Annotated[float | None, typer.Option("--rate", help="Simulator: combined trades/s of all symbols, paced in real time (so --duration is wall time) [default: 30 per symbol].")]
+
+
+def _obs(metrics_port, log_format) -> dict:
+    return {"metrics_port": metrics_port, "log_format": log_format}
+
+
+def _setup(s) -> None:
+    """Configure the logs of a role once; in JSON mode the console's lines are JSON log
+    records too (so stderr holds nothing else)."""
+    global err
+    import logging
+
+    from cryptostream.observability import logs
+
+    logs.configure(s.log_format, logs.secrets_of(s))
+    if s.log_format == "json":
+        err = logs.json_console(logging.getLogger("cryptostream.cli"))
+
+
 @app.command()
 def run(
     source: Annotated[str | None, typer.Option(
@@ -51,8 +73,9 @@ def run(
         "--replay", help="[SYMBOL=]FILE to replay: official trade CSV/ZIP or WebSocket JSON lines (.gz ok). Repeatable.")] = None,
     symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT [default: BTCUSDT,ETHUSDT,BNBUSDT].")] = None,
     speed: Annotated[str | None, typer.Option(help="'max' (as fast as possible) or N x real time.")] = None,
-    duration: Annotated[str | None, typer.Option(help="Live sources: wall time to run, then close every window and exit (e.g. 90s). Simulator: event time to produce.")] = None,
+    duration: Annotated[str | None, typer.Option(help="Live sources: wall time to run, then close every window and exit (e.g. 90s). Simulator: event time to produce (wall time with --rate).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed of the simulator.")] = None,
+    rate: RateOpt = None,
     db: DbOpt = None,
     lake: Annotated[str | None, typer.Option(help="Parquet lake folder, or 'off'. [default: data/lake]")] = None,
     window: Annotated[list[str] | None, typer.Option(
@@ -80,6 +103,8 @@ def run(
     ml_warmup: MlWarmupOpt = None,
     models_dir: ModelsDirOpt = None,
     contamination: ContaminationOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    log_format: LogFormatOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the embedded pipeline (source -> clean -> windows -> DuckDB + Parquet), or with
@@ -97,12 +122,18 @@ def run(
         coingecko_interval_s=coingecko_interval, flush_interval_s=flush_interval, broker=broker,
         group=group, sinks=tuple(sink or ()), retain_trades_days=retain_trades_days,
         **_ml(ml, ml_models, ml_warmup, models_dir, contamination),
+        **_obs(metrics_port, log_format), sim_rate=rate,
     )
+    from cryptostream.observability.logs import redact
+    from cryptostream.observability.server import observe
+
+    _setup(s)
+    telemetry = observe(s, "run")
     if s.broker:
         from cryptostream.kafka_pipeline import run_both
 
-        err.print(f"[dim]ingest + process via {s.broker} (group {s.group}) -> {', '.join(s.sinks)}[/dim]")
-        sm, n = run_both(s)
+        err.print(f"[dim]ingest + process via {s.broker} (group {s.group}) -> {redact(', '.join(s.sinks))}[/dim]")
+        sm, n = run_both(s, telemetry=telemetry)
         err.print(f"ingest: {sm.received:,} records, {sm.delivered:,} messages acknowledged; "
                   f"process: {n:,} records")
         return
@@ -120,7 +151,8 @@ def run(
         bar.update(task, total=total or None, completed=done or 0, received=sm.received,
                    rate=sm.trades_per_s)
 
-    pipe = EmbeddedPipeline(s, on_progress=on_progress)
+    pipe = EmbeddedPipeline(s, on_progress=on_progress, telemetry=telemetry)
+    telemetry.watch(pipe)
     err.print(f"[dim]run {pipe.run_id}: {s.source} -> {s.db}" + (f" + {s.lake}" if s.lake else "") + "[/dim]")
     with bar:
         sm = pipe.run()
@@ -138,13 +170,17 @@ def query(
     sql: Annotated[str, typer.Argument(help="Read-only SQL (SELECT, DESCRIBE, SHOW, EXPLAIN).")],
     db: DbOpt = None,
     format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+    timeout: Annotated[str | None, typer.Option(help="Statement timeout, e.g. 30s [default: 30s].")] = None,
+    max_rows: Annotated[int | None, typer.Option(help="Refuse results with more rows; 0: no limit [default: 100000].")] = None,
+    lake: Annotated[str | None, typer.Option(help="Lake folder read_parquet may read when no pipeline runs [default: data/lake].")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Query the store, also while a pipeline is writing it."""
+    """Query the store, also while a pipeline is writing it (read-only: no files, no writes)."""
     from cryptostream.query import run_query
 
-    s = load_settings(config, db=db)
-    table = run_query(s.db, sql)
+    s = load_settings(config, db=db, query_timeout_s=timeout, query_max_rows=max_rows, lake=lake)
+    table = run_query(s.db, sql, timeout_s=s.query_timeout_s, max_rows=s.query_max_rows,
+                      lake=s.lake)
     _print_table(table, format)
 
 
@@ -230,6 +266,8 @@ def dashboard(
     refresh: Annotated[float, typer.Option(help="Auto-refresh interval in seconds; 0 turns it off (changeable in the page).")] = 5.0,
     broker: Annotated[str | None, typer.Option("--broker", help="Kafka broker HOST:PORT, to show the consumer lag.")] = None,
     group: Annotated[str, typer.Option(help="Consumer group whose lag is shown with --broker.")] = "cryptostream",
+    metrics_port: MetricsPortOpt = None,
+    log_format: LogFormatOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Serve the live dashboard (Streamlit) on http://HOST:PORT; it keeps reading while a
@@ -238,7 +276,8 @@ def dashboard(
 
     if refresh < 0:
         raise CryptoStreamError(f"--refresh {refresh:g}: give seconds >= 0 (0 turns auto-refresh off)")
-    s = load_settings(config, db=db)
+    s = load_settings(config, db=db, **_obs(metrics_port, log_format))
+    _setup(s)
     if postgres and db is not None:
         raise CryptoStreamError("give either --db (DuckDB) or --postgres (PostgreSQL), not both")
     if postgres and not postgres.startswith(("postgres://", "postgresql://")):
@@ -248,8 +287,45 @@ def dashboard(
         err.print(f"[yellow]warning:[/yellow] serving on {host}: anyone who can reach it sees the data (no login)")
     store = "PostgreSQL store" if postgres else str(s.db)
     err.print(f"dashboard of {store} on http://{host}:{port} (Ctrl-C stops it)")
+    if s.metrics_port != 0:  # Streamlit takes this process over: a sidecar serves the metrics
+        from cryptostream.observability import logs, sidecar
+
+        for secret in logs.secrets_of(s.model_copy(update={"sinks": (postgres,)})) if postgres else ():
+            logs.add_secret(secret)
+        probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "localhost") else host
+        sidecar.start(s.metrics_port, f"http://{probe_host}:{port}/_stcore/health", s.log_format)
     serve(streamlit_command(db=s.db, postgres=postgres, host=host, port=port, refresh=refresh,
                             broker=broker, group=group), postgres)
+
+
+@app.command()
+def health(
+    port: Annotated[int | None, typer.Option(help="Metrics port of the role to ask [default: 9108].")] = None,
+    host: Annotated[str, typer.Option(help="Address of the role.")] = "127.0.0.1",
+    format: Annotated[str, typer.Option("--format", "-f", help="text | json")] = "text",
+    config: ConfigOpt = None,
+) -> None:
+    """Ask a running role (run, ingest, process, dashboard) for /healthz and /readyz; exit 0
+    when it is ready, 1 when it is not, 2 when nothing answers."""
+    from cryptostream.observability import DEFAULT_METRICS_PORT
+    from cryptostream.observability.server import probe
+
+    s = load_settings(config, metrics_port=port)
+    if s.metrics_port == 0:
+        raise CryptoStreamError("metrics port 0 means metrics are off: give the port the role serves with --port N")
+    where = s.metrics_port or DEFAULT_METRICS_PORT
+    ready, body, live = probe(host, where)
+    if format == "json":
+        sys.stdout.write(json.dumps({"ready": ready, "readyz": body, "healthz": live}) + "\n")
+    elif format == "text":
+        out.print(f"{body.get('role', '?')} on {host}:{where}: {'ready' if ready else 'NOT READY'} "
+                  f"(live: {live.get('status')})", markup=False)
+        for name, c in body.get("checks", {}).items():
+            out.print(f"  {'ok  ' if c.get('ok') else 'FAIL'} {name}: {c.get('detail')}", markup=False)
+    else:
+        raise CryptoStreamError(f"unknown --format {format!r}; use text or json")
+    if not ready:
+        raise typer.Exit(1)
 
 
 def _source_line(r: dict) -> str:
@@ -382,6 +458,9 @@ def ingest(
     max_clock_skew: Annotated[str | None, typer.Option(help="Max |trade time - receive time|; 0 disables.")] = None,
     partitions: Annotated[int | None, typer.Option(help="Partitions when topics are created [default: 6].")] = None,
     publish_raw: Annotated[bool | None, typer.Option("--raw/--no-raw", help="Publish raw_trades [default: yes].")] = None,
+    rate: RateOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    log_format: LogFormatOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the sources and publish raw_trades, clean_trades, rejects (and counters) to Kafka."""
@@ -390,9 +469,15 @@ def ingest(
     s = load_settings(config, broker=broker, source=source, replay=tuple(replay or ()),
                       symbols=symbols, speed=speed, duration_s=duration, seed=seed,
                       binance_url=binance_url, binance_rest_url=binance_rest_url,
-                      max_clock_skew_s=max_clock_skew, partitions=partitions, publish_raw=publish_raw)
+                      max_clock_skew_s=max_clock_skew, partitions=partitions, publish_raw=publish_raw,
+                      sim_rate=rate, **_obs(metrics_port, log_format))
     _need_broker(s)
-    pipe = IngestPipeline(s)
+    from cryptostream.observability.server import observe
+
+    _setup(s)
+    telemetry = observe(s, "ingest")
+    pipe = IngestPipeline(s, telemetry=telemetry)
+    telemetry.watch(pipe)
     _stop_on_signals(pipe.stop, s.shutdown_timeout_s)
     err.print(f"[dim]{pipe.run_id}: {s.source} -> {s.broker}[/dim]")
     sm = pipe.run()
@@ -417,6 +502,8 @@ def process(
     ml_warmup: MlWarmupOpt = None,
     models_dir: ModelsDirOpt = None,
     contamination: ContaminationOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    log_format: LogFormatOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Consume clean_trades in a consumer group, compute the windows, write the sinks."""
@@ -426,11 +513,18 @@ def process(
                       until_idle_s=until_idle, windows=tuple(window or ()),
                       allowed_lateness_s=allowed_lateness, idle_timeout_s=idle_timeout,
                       session_timeout_ms=session_timeout_ms,
-                      **_ml(ml, ml_models, ml_warmup, models_dir, contamination))
+                      **_ml(ml, ml_models, ml_warmup, models_dir, contamination),
+                      **_obs(metrics_port, log_format))
     _need_broker(s)
-    pipe = ProcessPipeline(s)
+    from cryptostream.observability.logs import redact
+    from cryptostream.observability.server import observe
+
+    _setup(s)
+    telemetry = observe(s, "process")
+    pipe = ProcessPipeline(s, telemetry=telemetry)
+    telemetry.watch(pipe)
     _stop_on_signals(pipe.stop, s.shutdown_timeout_s)
-    err.print(f"[dim]{pipe.run_id}: {s.broker} -> {', '.join(s.sinks)}[/dim]")
+    err.print(f"[dim]{pipe.run_id}: {s.broker} -> {redact(', '.join(s.sinks))}[/dim]")
     n = pipe.run()
     err.print(f"processed {n:,} records")
 
@@ -456,7 +550,9 @@ def main() -> None:
     try:
         app()
     except CryptoStreamError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        from cryptostream.observability.logs import redact
+
+        err.print(f"[red]error:[/red] {escape(redact(str(exc)))}")
         sys.exit(exc.exit_code)
 
 

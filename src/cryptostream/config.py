@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     max_connection_age_s: float = 23.5 * 3600
     backfill_wait_s: float = 30.0
     ws_buffer_messages: int = Field(200_000, ge=1)
+    #: longest WebSocket frame, recorded line or CSV row; a longer one is rejected as
+    #: ``oversize`` without being read whole
+    max_message_bytes: int = Field(1 << 20, ge=1024)
     coingecko_url: str = "https://api.coingecko.com"
     coingecko_interval_s: float = 60.0
     # Kafka scale-out
@@ -109,6 +112,10 @@ class Settings(BaseSettings):
     #: time) from the store and the lake; windows are kept. None keeps every trade.
     retain_trades_days: float | None = Field(None, gt=0)
     serve_queries: bool = True
+    #: statement timeout of `cryptostream query` and the dashboard's reads (docs/architecture.md 17)
+    query_timeout_s: float = 30.0
+    #: most rows a query may return; a bigger result is refused (0: no limit)
+    query_max_rows: int = Field(100_000, ge=0)
     #: DuckDB worker threads of the store; 1 measured fastest end to end (docs/benchmarks.md)
     duckdb_threads: int = Field(1, ge=1)
     # machine learning on closed agg_1m windows (cryptostream.ml.live)
@@ -239,6 +246,14 @@ class Settings(BaseSettings):
         d = parse_duration(v)
         if d is None or d < 0:
             raise ValueError("must be a duration >= 0")
+        return d
+
+    @field_validator("query_timeout_s", mode="before")
+    @classmethod
+    def _query_timeout(cls, v: Any) -> Any:
+        d = parse_duration(v)
+        if d is None or d <= 0:
+            raise ValueError("must be a positive duration")
         return d
 
     @field_validator("lake", mode="before")

@@ -12,6 +12,7 @@ written again after a crash are upserts of the same keys.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from cryptostream.config import Settings
 from cryptostream.model import SourceBatch
+from cryptostream.observability.hooks import NO_TELEMETRY, Telemetry
 from cryptostream.pipeline import build_source, engine_config, ml_stage, now_us, score_windows
 from cryptostream.processing.engine import Output, Processor, SymbolCounters
 from cryptostream.processing.state import restore, snapshot
@@ -55,6 +57,7 @@ from cryptostream.transport.kafka_codec import (
 US = 1_000_000
 CLEAN_CHUNK = 5000  # trades per clean_trades message
 STATS_EVERY_S = 1.0
+log = logging.getLogger("cryptostream.kafka")
 
 
 def ensure_topics(s: Settings, stop: threading.Event | None = None, wait_s: float = 0) -> dict:
@@ -83,8 +86,10 @@ class IngestSummary:
 class IngestPipeline:
     """Sources -> validate/dedup/enrich -> ``raw_trades``, ``clean_trades``, ``rejects``."""
 
-    def __init__(self, settings: Settings, on_progress: Callable | None = None):
+    def __init__(self, settings: Settings, on_progress: Callable | None = None,
+                 telemetry: Telemetry | None = None):
         self.s = settings
+        self.telemetry = telemetry or NO_TELEMETRY  # metrics hooks (observability/hooks.py)
         self.source = build_source(settings)
         self.cleaner = Processor(replace(engine_config(settings), clean_only=True))
         self.channel = InProcessChannel(maxsize=settings.queue_batches)
@@ -134,10 +139,13 @@ class IngestPipeline:
         try:
             while True:
                 item = self.channel.get(timeout_s=0.2)
+                self.telemetry.beat()
                 if item is None:
                     break
                 if item is not TimeoutError:
-                    self._publish(item, self.cleaner.process(item, now_us()))
+                    with self.telemetry.processing():
+                        out = self.cleaner.process(item, now_us())
+                    self._publish(item, out)
                 self._producer.poll(0)
                 if self._errors:
                     raise BrokerError("Kafka producer: " + "; ".join(self._errors[:3]))
@@ -202,15 +210,17 @@ class IngestPipeline:
 class ProcessPipeline:
     """``clean_trades`` (one consumer group member) -> windows -> sinks and window topics."""
 
-    def __init__(self, settings: Settings, on_progress: Callable | None = None):
+    def __init__(self, settings: Settings, on_progress: Callable | None = None,
+                 telemetry: Telemetry | None = None):
         self.s = settings
+        self.telemetry = telemetry or NO_TELEMETRY  # metrics hooks (observability/hooks.py)
         self.group = settings.group
         # the clock-skew check was made by ingest (which saw the receive times live); gaps
         # may still be filled by ingest's backfill, so they hold windows as in embedded mode
         self.cfg = replace(engine_config(settings), max_clock_skew_us=0,
                            gap_wait_us=int(settings.backfill_wait_s * US))
-        self.sink = build_sinks(settings.sinks, settings.db, settings.window_specs(),
-                                settings.duckdb_threads)
+        self.sink = self.telemetry.wrap_sink(build_sinks(
+            settings.sinks, settings.db, settings.window_specs(), settings.duckdb_threads))
         # upstream silence is invisible here (a dead connection looks like a quiet market):
         # idle watermarks advance only after the embedded default for replays, 10 s
         self.idle_us = (settings.idle_timeout_s if settings.idle_timeout_s is not None else 10.0) * US
@@ -246,7 +256,8 @@ class ProcessPipeline:
             self.lake.open()
         ensure_topics(s, self._stop, wait_s=60)
         duck = self.sink.duckdb
-        server = QueryServer(duck, s.db) if duck is not None and s.serve_queries else None
+        server = QueryServer(duck, s.db, lake=s.lake) \
+            if duck is not None and s.serve_queries else None
         if server:
             server.start()
         self._consumer.subscribe([CLEAN, REJECTS, STATS], on_assign=self._on_assign,
@@ -258,12 +269,14 @@ class ProcessPipeline:
             while not self._stop.is_set():
                 msgs = self._consumer.consume(2000, timeout=0.2)
                 now = now_us()
-                for m in msgs:
-                    if m.error():
-                        if m.error().code() != KafkaError._PARTITION_EOF:
-                            raise BrokerError(f"Kafka consumer: {m.error()}")
-                        continue
-                    self._handle(m, now)
+                self.telemetry.beat()
+                with self.telemetry.processing():
+                    for m in msgs:
+                        if m.error():
+                            if m.error().code() != KafkaError._PARTITION_EOF:
+                                raise BrokerError(f"Kafka consumer: {m.error()}")
+                            continue
+                        self._handle(m, now)
                 if msgs:
                     self._last_msg = time.monotonic()
                     dirty = True
@@ -376,10 +389,14 @@ class ProcessPipeline:
                     restore(proc, cp.state)
                 tp.offset = cp.next_offset
             self.procs[tp.partition] = proc
+        log.info("rebalance: group %s assigned %d partition(s)", self.group, len(partitions),
+                 extra={"event": "rebalance", "group": self.group, "assigned": _tps(partitions)})
         consumer.assign(partitions)
         self._last_msg = time.monotonic()
 
     def _on_revoke(self, consumer, partitions) -> None:
+        log.info("rebalance: group %s gives up %d partition(s)", self.group, len(partitions),
+                 extra={"event": "rebalance", "group": self.group, "revoked": _tps(partitions)})
         self._last_msg = None
         if not self._closing and (self.procs or self.pending.window_count or self.pending.rejects):
             self._flush()
@@ -387,6 +404,10 @@ class ProcessPipeline:
             self.offsets.pop((tp.topic, tp.partition), None)
             if tp.topic == CLEAN:
                 self.procs.pop(tp.partition, None)
+
+
+def _tps(partitions) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]
 
 
 def _normalise(rows: list[dict]) -> list[dict]:
@@ -398,16 +419,20 @@ def _normalise(rows: list[dict]) -> list[dict]:
 
 
 
-def run_both(settings: Settings, on_progress: Callable | None = None) -> tuple[IngestSummary, int]:
+def run_both(settings: Settings, on_progress: Callable | None = None,
+             telemetry: Telemetry | None = None) -> tuple[IngestSummary, int]:
     """``run --broker``: ingest and one process replica in one command (threads).
 
     A finite input ends the run once ingest is done and ``process`` has been idle for
     ``until_idle_s`` (5 s unless set); a live one runs until stopped or ``--duration``.
     """
-    ingest = IngestPipeline(settings, on_progress=on_progress)
+    ingest = IngestPipeline(settings, on_progress=on_progress, telemetry=telemetry)
     if ingest.source.finite and settings.until_idle_s is None:
         settings = settings.model_copy(update={"until_idle_s": 5.0})
-    proc = ProcessPipeline(settings)
+    proc = ProcessPipeline(settings, telemetry=telemetry)
+    if telemetry is not None:
+        telemetry.watch(ingest)
+        telemetry.watch(proc)
     result: dict = {}
 
     def run_ingest() -> None:

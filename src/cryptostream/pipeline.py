@@ -56,14 +56,16 @@ def build_source(s: Settings) -> Source:
             s.symbols, ws_url=s.binance_url, rest_url=s.rest_url, stream=s.binance_stream,
             duration_s=s.duration_s, buffer_messages=s.ws_buffer_messages,
             options=StreamOptions(stale_after_s=s.stale_after_s,
-                                  max_connection_age_s=s.max_connection_age_s, seed=s.seed),
+                                  max_connection_age_s=s.max_connection_age_s, seed=s.seed,
+                                  max_frame_bytes=s.max_message_bytes),
         )
     if kind == "replay":
         from cryptostream.sources.replay import ReplayFile, ReplaySource
 
         if not s.replay:
             raise ConfigError("--source replay needs at least one --replay [SYMBOL=]PATH")
-        return ReplaySource([ReplayFile.parse(r) for r in s.replay], speed=s.pace)
+        return ReplaySource([ReplayFile.parse(r) for r in s.replay], speed=s.pace,
+                            max_line_bytes=s.max_message_bytes)
     if kind == "simulate":
         from cryptostream.sources.simulator import SimulatorSource
 
@@ -221,7 +223,8 @@ class EmbeddedPipeline:
         if self.lake:
             self.lake.open()
         self._resume()
-        server = QueryServer(self.sink, Path(s.db)) if s.serve_queries and self.sink else None
+        server = QueryServer(self.sink, Path(s.db), lake=s.lake) \
+            if s.serve_queries and self.sink else None
         if server:
             server.start()
         old = self._install_signals() if install_signals else None
@@ -249,9 +252,8 @@ class EmbeddedPipeline:
                 if item is None:
                     break
                 if item is not TimeoutError:
-                    t_batch = time.perf_counter()
-                    out = self.processor.process(item, now)
-                    self.telemetry.batch(time.perf_counter() - t_batch)
+                    with self.telemetry.processing():
+                        out = self.processor.process(item, now)
                     pending.extend(out)
                     pending_trades += len(item.trades)
                 if self.reference:

@@ -1,11 +1,15 @@
 """Read the store for the dashboard: one class per store, incremental table reads.
 
 ``DuckDBStore`` goes through :func:`cryptostream.query.run_query` (the writing pipeline's
-loopback endpoint while it runs, else a read-only open of the file: the dashboard never
-opens the file for writing and never keeps it open). ``PostgresStore`` keeps one read-only
-psycopg connection. Both take SQL with ``?`` parameters (never values pasted into SQL; the
-only identifiers used are the fixed table names below) and return pandas DataFrames whose
-times are UTC.
+loopback endpoint while it runs, else a read-only open of the file with external access
+disabled: the dashboard never opens the file for writing and never keeps it open).
+``PostgresStore`` keeps one psycopg connection whose every query runs in a read-only
+transaction (``default_transaction_read_only`` and ``SET TRANSACTION READ ONLY``) under a
+``statement_timeout``; give it the DSN of a role that only has SELECT grants
+(docs/architecture.md, decision 17). Both refuse a result above ``max_rows`` rows and a
+statement running longer than ``timeout_s`` (``QueryError``). Both take SQL with ``?``
+parameters (never values pasted into SQL; the only identifiers used are the fixed table
+names below) and return pandas DataFrames whose times are UTC.
 
 :func:`load_incremental` keeps one frame per table in a cache mapping (Streamlit's
 ``session_state`` in the app, a plain dict in the benchmark). The first read of a selection
@@ -59,6 +63,10 @@ REJECTS = TableSpec("rejects", ("source", "source_offset"), "rejected_at", "reje
                      "trade_time", "recv_time", "rejected_at"))
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+#: the dashboard's statement timeout and row limit (a week of 1-minute windows for 10
+#: symbols is ~100 000 rows: the limit leaves room for 20 times that)
+DASHBOARD_TIMEOUT_S = 30.0
+DASHBOARD_MAX_ROWS = 2_000_000
 
 
 def _ident(name: str) -> str:
@@ -134,8 +142,11 @@ class DuckDBStore(Store):
 
     kind = "duckdb"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, timeout_s: float = DASHBOARD_TIMEOUT_S,
+                 max_rows: int = DASHBOARD_MAX_ROWS):
         self.path = Path(path)
+        self.timeout_s = timeout_s
+        self.max_rows = max_rows
         self._con = None  # read-only connection of the current session (no writer running)
 
     def describe(self) -> str:
@@ -173,11 +184,13 @@ class DuckDBStore(Store):
         endpoint."""
         import duckdb
 
+        from cryptostream.query import open_read_only
+
         if self._con is not None or self.writer_running() or not self.path.exists():
             yield
             return
         try:
-            self._con = duckdb.connect(str(self.path), read_only=True)
+            self._con = open_read_only(self.path)
         except duckdb.Error:  # locked, or a writer is starting: query by query instead
             yield
             return
@@ -191,9 +204,10 @@ class DuckDBStore(Store):
         from cryptostream.query import _execute, run_query
 
         if self._con is not None:
-            return _execute(self._con, sql, params).to_pandas()
+            return _execute(self._con, sql, params, self.timeout_s, self.max_rows).to_pandas()
         try:
-            table = run_query(self.path, sql, params, timeout_s=30.0, lock_wait_s=5.0)
+            table = run_query(self.path, sql, params, timeout_s=self.timeout_s, lock_wait_s=5.0,
+                              max_rows=self.max_rows)
         except QueryError as exc:
             if not self.path.exists():
                 raise StoreUnavailable(
@@ -205,12 +219,16 @@ class DuckDBStore(Store):
 
 
 class PostgresStore(Store):
-    """A PostgreSQL store (the tables of ``sinks.postgres_schema``), one read-only connection."""
+    """A PostgreSQL store (the tables of ``sinks.postgres_schema``), one connection whose
+    queries run in read-only transactions (see the module docstring)."""
 
     kind = "postgres"
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, timeout_s: float = DASHBOARD_TIMEOUT_S,
+                 max_rows: int = DASHBOARD_MAX_ROWS):
         self.dsn = dsn
+        self.timeout_s = timeout_s
+        self.max_rows = max_rows
         self._conn = None
 
     def describe(self) -> str:
@@ -230,6 +248,7 @@ class PostgresStore(Store):
             ) from exc
         conn.execute("SET TIME ZONE 'UTC'")
         conn.execute("SET default_transaction_read_only = on")
+        conn.execute(f"SET statement_timeout = {max(1, round(self.timeout_s * 1000))}")
         return conn
 
     def _query(self, sql: str, params: list) -> pd.DataFrame:
@@ -240,16 +259,39 @@ class PostgresStore(Store):
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
             try:
-                with self._conn.cursor() as cur:
-                    cur.execute(pg_sql, params)
-                    cols = [d.name for d in cur.description or ()]
-                    rows = cur.fetchall() if cur.description else []
+                # a read-only transaction (whatever the session says) and a server-side
+                # cursor, so that at most max_rows + 1 rows ever leave the server
+                with self._conn.transaction(force_rollback=True):
+                    self._conn.execute("SET TRANSACTION READ ONLY")
+                    with self._conn.cursor(name="cryptostream_dashboard") as cur:
+                        cur.execute(pg_sql, params)
+                        cols = [d.name for d in cur.description or ()]
+                        limit = self.max_rows + 1 if self.max_rows else None
+                        rows = (cur.fetchmany(limit) if limit else cur.fetchall()) \
+                            if cur.description else []
+                if self.max_rows and len(rows) > self.max_rows:
+                    raise QueryError(
+                        f"refused: the result has more than {self.max_rows:,} rows (the row "
+                        "limit of the dashboard's reads); narrow the time range or symbols")
                 return pd.DataFrame.from_records(rows, columns=cols)
+            except psycopg.errors.QueryCanceled as exc:  # statement_timeout
+                raise QueryError(
+                    f"refused: the query ran longer than the {self.timeout_s:g} s statement "
+                    "timeout and was stopped; narrow the time range or symbols") from exc
             except psycopg.OperationalError as exc:  # connection lost: reconnect once
                 self.close()
                 if attempt:
                     raise StoreUnavailable(
                         f"lost the connection to {self.describe()}: {exc}") from exc
+            except psycopg.errors.SyntaxError as exc:
+                first = (pg_sql.split(None, 1) or [""])[0].upper()
+                if first not in ("SELECT", "WITH", "VALUES", "TABLE", "("):
+                    raise QueryError("refused: the dashboard's PostgreSQL reads run SELECT "
+                                     "statements only (through a read-only cursor)") from exc
+                raise QueryError(" ".join(str(exc).split())[:500]) from exc
+            except psycopg.errors.ReadOnlySqlTransaction as exc:
+                raise QueryError("refused: the dashboard's PostgreSQL connection is read-only ("
+                                 + " ".join(str(exc).split())[:300] + ")") from exc
             except psycopg.Error as exc:
                 raise QueryError(" ".join(str(exc).split())[:500]) from exc
         raise AssertionError("unreachable")

@@ -296,6 +296,8 @@ class MLStage:
             return
         m.obj, m.version, m.fitted = fresh, persistence.new_version(m.name, fresh), True
         m.detail = f"refit on {span[2]} windows {span[0]}..{span[1]}"
+        log.info("model %s for %s %s", m.name, sym, m.detail, extra={
+            "event": "model_retrain", "model": m.name, "symbol": sym, "version": m.version})
         if m.state == "failed":
             m.state = "warming_up"
         if self.cfg.models_dir:

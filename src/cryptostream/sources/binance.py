@@ -23,20 +23,23 @@ thread, decodes what the loop buffered and yields ``SourceBatch`` objects.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from cryptostream.errors import SourceError
-from cryptostream.model import SourceBatch, SymbolCodes, TradeBatch
+from cryptostream.model import Rejected, RejectReason, SourceBatch, SymbolCodes, TradeBatch
 from cryptostream.sources.base import SourceStatus
 from cryptostream.sources.binance_messages import decode_lines
 from cryptostream.sources.binance_rest import PAGE_LIMIT, BackfillError, BinanceRest, RateLimited
 from cryptostream.sources.binance_stream import StreamConnections, StreamOptions
+
+log = logging.getLogger("cryptostream.sources.binance")
 
 DEFAULT_WS_URL = "wss://stream.binance.com:9443"
 DEFAULT_REST_URL = "https://api.binance.com"
@@ -48,6 +51,15 @@ BACKFILL_ATTEMPTS = 6
 #: no frame for this long: the connection may be stalled (see ``catching_up``)
 SILENT_AFTER_S = 1.0
 DRAIN_AT_END_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _RefusedFrame:
+    """Queued in stream order for a frame the connection refused as too big."""
+
+    size: int | None
+    limit: int
+    ns: int
 
 
 class BinanceSource:
@@ -70,7 +82,10 @@ class BinanceSource:
         self._frames: queue.Queue = queue.Queue(maxsize=buffer_messages)
         self._results: queue.Queue = queue.Queue()  # backfilled pages (lists of lines)
         self._conn = StreamConnections(ws_url, [f"{s.lower()}@{stream}" for s in self.symbols],
-                                       self._on_frame, self._on_event, options)
+                                       self._on_frame, self._on_event, options,
+                                       on_oversize=self._on_oversize)
+        # a frame of max_frame_bytes becomes a line with its "<ns> " receive-time prefix
+        self._max_line_bytes = self._conn.opts.max_frame_bytes + 32
         self._rest: BinanceRest | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_async: asyncio.Event | None = None
@@ -81,8 +96,8 @@ class BinanceSource:
         self._last_id: dict[str, int] = {}
         self._offset = time.time_ns()  # record offsets unique across runs
         self._rest_offset = self._offset
-        self._counts = {"overflow_dropped": 0, "backfills": 0, "backfilled_trades": 0,
-                        "backfill_failures": 0, "catch_ups": 0}
+        self._counts = {"overflow_dropped": 0, "oversize_frames": 0, "backfills": 0,
+                        "backfilled_trades": 0, "backfill_failures": 0, "catch_ups": 0}
         self._skew_ms: float | None = None
         self._overflowed = False
         self._error: BaseException | None = None
@@ -162,6 +177,11 @@ class BinanceSource:
                     yield self._decode_stream(frames)
                     frames = []
                 self._handle_event(item)
+            elif isinstance(item, _RefusedFrame):  # a frame too big to read: a reject
+                if frames:
+                    yield self._decode_stream(frames)
+                    frames = []
+                yield self._refused(item)
             else:
                 ns, frame = item
                 frames.append(b"%d %b" % (ns, frame))
@@ -189,10 +209,21 @@ class BinanceSource:
             yield sb
 
     def _decode_stream(self, lines: list[bytes]) -> SourceBatch:
-        sb = decode_lines(lines, "binance", self._offset, event=self.stream)
+        sb = decode_lines(lines, "binance", self._offset, event=self.stream,
+                          max_line_bytes=self._max_line_bytes)
         self._offset += len(lines)
         self._track(sb.trades, request=self.backfill)
         return sb
+
+    def _refused(self, item: _RefusedFrame) -> SourceBatch:
+        """The reject of a frame refused unread (``binance_stream``: longer than the limit)."""
+        what = (f"WebSocket message over {item.limit} bytes once decompressed"
+                if item.size is None else f"WebSocket frame of {item.size} bytes > limit {item.limit}")
+        rej = Rejected("binance", self._offset, "", RejectReason.OVERSIZE,
+                       f"{what}: refused unread; the connection was reopened and missed trades "
+                       "are backfilled", "", recv_time_us=item.ns // 1000)
+        self._offset += 1
+        return SourceBatch(TradeBatch.empty("binance"), [rej], {})
 
     def _handle_event(self, event: str) -> None:
         if event in ("reconnected", "stale"):
@@ -211,6 +242,8 @@ class BinanceSource:
         if not self.backfill:
             return
         self._counts["catch_ups"] += 1
+        log.info("catching up over REST: every trade after each symbol's last id",
+                 extra={"event": "backfill", "symbols": len(self._last_id)})
         for sym, last in self._last_id.items():
             self._request(sym, last + 1, None)
 
@@ -235,7 +268,11 @@ class BinanceSource:
             seq = np.concatenate(([last], new))
             if request:
                 for k in np.flatnonzero(np.diff(seq) > 1).tolist():
-                    self._request(sym, int(seq[k]) + 1, int(seq[k + 1]) - 1)
+                    lo, hi = int(seq[k]) + 1, int(seq[k + 1]) - 1
+                    log.warning("gap in %s: trade ids %d..%d missing, backfilling over REST", sym,
+                                lo, hi, extra={"event": "gap", "symbol": sym, "from_id": lo,
+                                               "to_id": hi})
+                    self._request(sym, lo, hi)
             self._last_id[sym] = int(seq[-1])
 
     def _request(self, symbol: str, from_id: int, to_id: int | None) -> None:
@@ -316,6 +353,13 @@ class BinanceSource:
             self._counts["overflow_dropped"] += 1
             self._overflowed = True  # the consumer catches every symbol up once it drained
 
+    def _on_oversize(self, size: int | None, limit: int, ns: int) -> None:
+        self._counts["oversize_frames"] += 1
+        try:
+            self._frames.put_nowait(_RefusedFrame(size, limit, ns))
+        except queue.Full:
+            self._counts["overflow_dropped"] += 1
+
     def _on_event(self, event: str) -> None:
         try:
             self._frames.put_nowait(event)
@@ -346,7 +390,7 @@ class BinanceSource:
 
     async def _backfill(self, symbol: str, lo: int, hi: int | None) -> None:
         """Fetch ids ``lo..hi`` (``hi=None``: up to the latest trade) page by page."""
-        agg, next_id, failures = self.stream == "aggTrade", lo, 0
+        agg, next_id, failures, got = self.stream == "aggTrade", lo, 0, 0
         while hi is None or next_id <= hi:
             limit = PAGE_LIMIT if hi is None else min(PAGE_LIMIT, hi - next_id + 1)
             try:
@@ -364,7 +408,11 @@ class BinanceSource:
             if lines:
                 self._results.put(lines)
                 self._counts["backfilled_trades"] += len(lines)
+                got += len(lines)
             if n < limit or last is None:
+                log.info("backfill of %s from id %d done: %d trades", symbol, lo, got, extra={
+                    "event": "backfill", "symbol": symbol, "from_id": lo, "to_id": hi,
+                    "trades": got})
                 return
             next_id = last + 1
 

@@ -136,8 +136,8 @@ def _decode_fast(lines: list[bytes]):
                 body = _PREFIX_NS_ALL.sub(rb"[\1,", b"\n".join(lines))
                 pairs = _DECODE_MANY_NS.decode(b"[" + body.replace(b"\n", b"],") + b"]]")
                 return [p[1] for p in pairs], [p[0] // 1000 for p in pairs]
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None, None
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None, None  # (nesting deeper than msgspec's limit: judged line by line)
     return None, None
 
 
@@ -171,6 +171,8 @@ def _decode_slow(lines, source, first_offset, recv_time_us, max_line_bytes,
             reason, detail = _classify_invalid(body, exc, event)
         except msgspec.DecodeError as exc:
             reason, detail = RejectReason.DECODE_ERROR, str(exc)
+        except RecursionError:
+            reason, detail = RejectReason.DECODE_ERROR, "JSON nested too deeply"
         if reason is None:  # valid JSON, not a trade (e.g. a list, or a REST snapshot)
             msgs.append(_Message())
             recv.append(rt)
@@ -187,6 +189,8 @@ def _classify_invalid(body: bytes, exc: Exception, event: str = "trade"):
         obj = _DECODE_ANY.decode(body)
     except msgspec.DecodeError as e2:  # pragma: no cover - decoded once already
         return RejectReason.DECODE_ERROR, str(e2)
+    except RecursionError:  # valid JSON nested deeper than msgspec decodes
+        return RejectReason.DECODE_ERROR, "JSON nested too deeply"
     payload = obj.get("data", obj) if isinstance(obj, dict) else None
     if not isinstance(payload, dict) or payload.get("e") != event:
         return None, ""
@@ -247,7 +251,7 @@ def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects,
     uniform = first is not None and symbols.count(first) == n
     symbol = first if uniform else np.array(symbols, dtype=object)
     trade_id = _ints(col["t"], status, missing)
-    t_ms = _ints(col["T"], status, missing)
+    t_ms = _ms_times(_ints(col["T"], status, missing), status)
     price = _floats(col["p"], status, missing)
     qty = _floats(col["q"], status, missing)
     mk = col["m"]
@@ -255,10 +259,15 @@ def _assemble(lines, msgs, recv, source, first_offset, recv_time_us, rejects,
         status[[i for i, v in enumerate(mk) if v is None]] = missing
         mk = [bool(v) for v in mk]
     e_ms = col["E"]
-    if None in e_ms:
-        event = np.array([NO_TIME if v is None else v * US_PER_MS for v in e_ms], np.int64)
+    if None in e_ms:  # no event time: NO_TIME (the field is optional)
+        has_e = np.array([v is not None for v in e_ms])
+        e_status = np.zeros(n, np.uint8)
+        e_ms = _ms_times(_ints(e_ms, e_status, 0), e_status)
+        bad_e = e_status != 0  # present but not a time: bad_type, like a missing_field
+        status[bad_e & (status == 0)] = REASON_INDEX[RejectReason.BAD_TYPE]
+        event = np.where(has_e & ~bad_e, e_ms * US_PER_MS, NO_TIME)
     else:
-        event = np.array(e_ms, np.int64) * US_PER_MS
+        event = _ms_times(_ints(e_ms, status, missing), status) * US_PER_MS
     if recv is not None:
         r = recv if keep is None else [recv[i] for i in keep]
         recv_arr = np.array([NO_TIME if v is None else v for v in r], np.int64) if None in r \
@@ -299,6 +308,19 @@ def _ints(values: list, status: np.ndarray, code: int) -> np.ndarray:
         big = [i for i, v in enumerate(values) if not -(2**63) <= v < 2**63]
         status[big] = REASON_INDEX[RejectReason.BAD_TYPE]
         return np.array([0 if not -(2**63) <= v < 2**63 else v for v in values], np.int64)
+
+
+#: largest time in ms whose value in µs fits in int64
+MAX_MS = (2**63 - 1) // US_PER_MS
+
+
+def _ms_times(ms: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """``ms`` with times that would overflow in µs set to 0 and marked ``bad_type``."""
+    big = (ms > MAX_MS) | (ms < -MAX_MS)
+    if big.any():
+        status[big & (status == 0)] = REASON_INDEX[RejectReason.BAD_TYPE]
+        ms = np.where(big, 0, ms)
+    return ms
 
 
 def _floats(values: list, status: np.ndarray, code: int) -> np.ndarray:

@@ -12,6 +12,13 @@ Protocol facts honoured (binance-spot-api-docs, web-socket-streams.md):
   ``SUBSCRIBE`` requests (and pongs), spaced at least ``1 / MAX_SENDS_PER_S`` apart;
 * at most 300 connection attempts per 5 minutes per IP: attempts are spaced with
   exponential backoff and jitter and never exceed ``max_connects_per_5min``;
+* a frame longer than ``max_frame_bytes`` (default 1 MB, the line limit of the decoders) is
+  refused by the ``websockets`` protocol layer from its header, before its payload is read
+  (``max_size``): the library then closes the connection with code 1009 (message too big),
+  since a WebSocket stream cannot skip a frame it does not read. The refusal is reported
+  (``on_oversize``: the pipeline counts it as a reject with reason ``oversize``) and the
+  connection is reopened like a dropped one (``reconnected``: the catch-up backfills what
+  the reopening missed); it never goes unnoticed and never loops without being counted;
 * a connection lives at most 24 h, and a ``serverShutdown`` event means "reconnect now":
   in both cases (and when a connection goes silent for ``stale_after_s``) a new
   connection is opened and subscribed *before* the old one is closed, so nothing is
@@ -27,7 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,9 +44,12 @@ from dataclasses import dataclass, field
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, PayloadTooBig
+from websockets.frames import CloseCode
 
 from cryptostream.errors import SourceError
+
+log = logging.getLogger("cryptostream.sources.binance")
 
 MAX_STREAMS_PER_CONNECTION = 1024
 MAX_SENDS_PER_S = 4  # under the 5 incoming messages/s the server allows
@@ -54,6 +66,8 @@ class StreamOptions:
     max_connects_per_5min: int = 300
     open_timeout_s: float = 10.0
     seed: int = 0
+    #: longest frame read; a longer one is refused unread (see the module docstring)
+    max_frame_bytes: int = 1 << 20
 
 
 @dataclass
@@ -67,6 +81,7 @@ class StreamState:
     rotations: int = 0
     stale_replacements: int = 0
     server_shutdowns: int = 0
+    oversize_frames: int = 0  # frames refused unread (longer than max_frame_bytes)
     connected_since: float | None = None  # epoch seconds
     last_frame_at: float | None = None  # epoch seconds
     last_error: str = ""
@@ -74,6 +89,9 @@ class StreamState:
 
     def note(self, event: str, detail: str = "") -> None:
         self.log.append((time.time(), event, detail))
+        log.log(logging.INFO if event in ("connected", "age") else logging.WARNING,
+                "binance stream: %s%s", event, f" ({detail})" if detail else "",
+                extra={"event": event, "attempt": self.attempt, "reconnects": self.reconnects})
 
 
 def stream_url(base: str) -> str:
@@ -93,6 +111,7 @@ class _Conn:
     last_frame: float  # monotonic
     reader: asyncio.Task | None = None
     shutdown: bool = False
+    oversize: int | None = None  # size of the frame that made the library close it, if any
     replies: dict = field(default_factory=dict)  # request id -> future
 
 
@@ -101,10 +120,13 @@ class StreamConnections:
 
     ``on_frame(frame_bytes, recv_time_ns)`` is called in the event loop for every market
     message, in arrival order; it must not block (put the frame in a buffer).
+    ``on_oversize(size, limit, recv_time_ns)`` is called for a frame refused unread because
+    it is longer than ``options.max_frame_bytes`` (``size`` None when unknown).
     """
 
     def __init__(self, url: str, streams: list[str], on_frame: Callable[[bytes, int], None],
-                 on_event: Callable[[str], None], options: StreamOptions | None = None):
+                 on_event: Callable[[str], None], options: StreamOptions | None = None,
+                 on_oversize: Callable[[int | None, int, int], None] | None = None):
         if not streams:
             raise SourceError("no streams to subscribe to: give at least one symbol")
         if len(streams) > MAX_STREAMS_PER_CONNECTION:
@@ -114,7 +136,10 @@ class StreamConnections:
         self.streams = streams
         self.on_frame = on_frame
         self.on_event = on_event
+        self.on_oversize = on_oversize
         self.opts = options or StreamOptions()
+        if self.opts.max_frame_bytes < 1:
+            raise SourceError("max_frame_bytes must be at least 1 byte")
         self.state = StreamState()
         self._rng = random.Random(self.opts.seed)
         self._attempts: deque[float] = deque()  # monotonic times of connection attempts
@@ -139,6 +164,11 @@ class StreamConnections:
                     break
                 if reason == "dropped":
                     st.state, st.attempt = "reconnecting", 1
+                    if current.oversize is not None:
+                        st.oversize_frames += 1
+                        size = "?" if current.oversize < 0 else current.oversize
+                        st.note("oversize", f"a frame of {size} bytes > limit "
+                                f"{self.opts.max_frame_bytes}: refused unread, reconnecting")
                     st.note("dropped", _close_detail(current.ws))
                     self.on_event("disconnected")
                     current = None
@@ -226,7 +256,8 @@ class StreamConnections:
         self._attempts.append(time.monotonic())
 
     async def _open(self) -> _Conn:
-        ws = await connect(self.url, ping_interval=None, max_size=16 * 2**20, proxy=None,
+        ws = await connect(self.url, ping_interval=None, max_size=self.opts.max_frame_bytes,
+                           proxy=None,
                            open_timeout=self.opts.open_timeout_s, close_timeout=2)
         now = time.monotonic()
         conn = _Conn(ws, now, now)
@@ -275,7 +306,12 @@ class StreamConnections:
                     st.note("server_shutdown")
                 else:
                     self.on_frame(frame, ns)
-        except ConnectionClosed:
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                size = _refused_size(conn.ws, exc.sent.reason)
+                conn.oversize = -1 if size is None else size
+                if self.on_oversize is not None:
+                    self.on_oversize(size, self.opts.max_frame_bytes, time.time_ns())
             return
 
     @staticmethod
@@ -296,6 +332,17 @@ class StreamConnections:
             conn.reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await conn.reader
+
+
+def _refused_size(ws: ClientConnection, reason: str) -> int | None:
+    """Length of the frame ``websockets`` refused as too big (from its parser's exception,
+    else from the close reason "frame with N bytes exceeds limit ..."); None for a
+    compressed frame, refused while decompressing past the limit."""
+    exc = getattr(getattr(ws, "protocol", None), "parser_exc", None)
+    if isinstance(exc, PayloadTooBig) and isinstance(getattr(exc, "size", None), int):
+        return exc.size
+    m = re.search(r"with (\d+) bytes", reason or "")
+    return int(m.group(1)) if m else None
 
 
 def _close_detail(ws: ClientConnection) -> str:

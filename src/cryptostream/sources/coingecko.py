@@ -41,6 +41,7 @@ DEFAULT_BASE_URL = "https://api.coingecko.com"
 PRICE_PATH = "/api/v3/simple/price"
 API_KEY_HEADER = "x-cg-demo-api-key"
 API_KEY_ENV = "COINGECKO_API_KEY"  # where callers are expected to read the key from
+_MIN_UPDATED_S, _MAX_UPDATED_S = 1_262_304_000, 4_102_444_800  # 2010-01-01, 2100-01-01 (s)
 STOP_CHECK_S = 0.2  # longest a waiting ``run`` goes without looking at its stop event (fake sleep)
 
 #: Binance symbol -> CoinGecko id of the commonly traded USDT pairs.
@@ -136,8 +137,11 @@ def _number(entry: Mapping, key: str, *, required: bool, positive: bool = False)
             raise ValueError(f"no {key!r}")
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{key!r} is not a number: {value!r:.40}")
-    number = float(value)
+        raise TypeError(f"{key!r} is not a number: {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ValueError(f"{key!r} is out of range: {_short(value)}") from None
     if not math.isfinite(number):
         raise ValueError(f"{key!r} is not finite: {value!r}")
     if positive and number <= 0:
@@ -159,7 +163,7 @@ def parse_simple_price(body: bytes | str, symbols_by_id: Mapping[str, Sequence[s
     """
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: Recursion
         raise CoinGeckoError(f"CoinGecko sent a body that is not JSON ({exc}; starts with "
                              f"{_snippet(body)!r}); a proxy or outage page is likely, it will "
                              "be retried") from None
@@ -174,13 +178,15 @@ def parse_simple_price(body: bytes | str, symbols_by_id: Mapping[str, Sequence[s
             continue
         try:
             if not isinstance(entry, dict):
-                raise TypeError(f"entry is not an object: {entry!r:.40}")
+                raise TypeError(f"entry is not an object: {_short(entry)}")
             price = _number(entry, "usd", required=True, positive=True)
             volume = _number(entry, "usd_24h_vol", required=False)
             change = _number(entry, "usd_24h_change", required=False)
             updated = _number(entry, "last_updated_at", required=True, positive=True)
             if volume is not None and volume < 0:
                 raise ValueError(f"'usd_24h_vol' is negative: {volume!r}")
+            if not _MIN_UPDATED_S <= updated < _MAX_UPDATED_S:
+                raise ValueError(f"'last_updated_at' {updated!r} is not a time in 2010..2100")
         except (TypeError, ValueError) as exc:
             rejected.append(f"{asset}: {exc}")
             continue
@@ -229,6 +235,18 @@ def backoff_delay_s(failures: int, rng: random.Random, min_s: float = 1.0,
         return 0.0
     ceiling = min(max_s, min_s * 2.0 ** min(failures - 1, 60))
     return ceiling / 2 + rng.random() * ceiling / 2
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, safe for any JSON value (an integer of
+    thousands of digits, a deeply nested list)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<integer of {value.bit_length()} bits>"
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        return f"<{type(value).__name__}>"
+    return text[:limit]
 
 
 def _snippet(body: bytes | str, limit: int = 120) -> str:

@@ -12,6 +12,7 @@ import gzip
 import heapq
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from cryptostream.errors import SourceError
-from cryptostream.model import SYMBOL_RE, SourceBatch, SymbolCodes
+from cryptostream.model import (
+    SYMBOL_RE,
+    Rejected,
+    RejectReason,
+    SourceBatch,
+    SymbolCodes,
+    TradeBatch,
+)
 from cryptostream.sources.base import OfflineSource
+from cryptostream.sources.binance_messages import DEFAULT_MAX_LINE_BYTES, symbol_of
+from cryptostream.sources.lines import Oversize, read_blocks
 from cryptostream.sources.trade_csv import read_trade_csv, symbol_from_filename
 from cryptostream.sources.ws_columnar import ColumnarDecoder
 
@@ -68,14 +78,18 @@ def _open(path: Path):
 
 
 def _first_line(path: Path) -> bytes:
+    """The start (at most 4 KB) of the first non-blank line, read in bounded pieces (a
+    first line of 1 GB is not read whole)."""
     try:
         with _open(path) as fh:
-            for line in fh:
-                if line.strip():
-                    return line.strip()[:4096]
-    except OSError as exc:
+            while True:
+                part = fh.readline(4096)
+                if not part:
+                    return b""
+                if part.strip():
+                    return part.strip()[:4096]
+    except (OSError, EOFError) as exc:
         raise SourceError(f"{path}: cannot read ({exc}); check the --replay path") from exc
-    return b""
 
 
 class ReplaySource(OfflineSource):
@@ -83,7 +97,8 @@ class ReplaySource(OfflineSource):
 
     finite = True
 
-    def __init__(self, files: list[ReplayFile], speed: float | None = None, name: str = "replay"):
+    def __init__(self, files: list[ReplayFile], speed: float | None = None, name: str = "replay",
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
         if not files:
             raise SourceError("replay needs at least one file: --replay [SYMBOL=]PATH")
         for f in files:
@@ -95,8 +110,12 @@ class ReplaySource(OfflineSource):
                 )
         if speed is not None and speed <= 0:
             raise SourceError("--speed must be 'max' or a positive number")
+        if max_line_bytes < 1:
+            raise SourceError("the line size limit must be at least 1 byte")
         self.files = files
         self.name = name
+        #: longest line kept as a message; a longer one is rejected as ``oversize`` unread
+        self.max_line_bytes = max_line_bytes
         self._speed = speed
         self._closed = False
         self.bytes_total = sum(_size_hint(f.path) for f in files)
@@ -125,7 +144,8 @@ class ReplaySource(OfflineSource):
         if f.kind == "csv":
             size = _size_hint(f.path)
             done = 0
-            for sb in read_trade_csv(f.path, f.symbol or "", source):
+            for sb in read_trade_csv(f.path, f.symbol or "", source,
+                                     max_line_bytes=self.max_line_bytes):
                 step = min(size - done, max(1, len(sb.trades)) * 60)
                 done += step
                 self.bytes_done += step
@@ -136,38 +156,39 @@ class ReplaySource(OfflineSource):
 
     def _ws_batches(self, f: ReplayFile, source: str) -> Iterator[SourceBatch]:
         offset = 0
-        rest = b""
         last_pos = 0
-        decoder = ColumnarDecoder(threads=1)
+        decoder = ColumnarDecoder(threads=1, max_line_bytes=self.max_line_bytes)
         try:
             with open(f.path, "rb") as raw:
                 gz = raw.read(2) == b"\x1f\x8b"
                 raw.seek(0)
                 fh = gzip.GzipFile(fileobj=raw) if gz else raw
-                while True:
-                    block = fh.read(WS_CHUNK_BYTES)
-                    data = rest + block if rest else block
-                    if block:
-                        cut = data.rfind(b"\n")
-                        if cut < 0:
-                            rest = data
-                            continue
-                        data, rest = data[: cut + 1], data[cut + 1 :]
+                # whole lines in chunks of WS_CHUNK_BYTES; a line over the limit is dropped
+                # unread past its first bytes (memory stays bounded whatever its length)
+                for data in read_blocks(fh, self.max_line_bytes, WS_CHUNK_BYTES):
+                    if isinstance(data, Oversize):
+                        sb = self._oversize(data, source, offset)
+                        offset += 1
                     else:
-                        rest = b""
-                    if data:
                         sb = decoder.decode_chunk(data, source, offset)
                         offset += decoder.last_line_count
                         if f.symbol is not None:
                             sb = _only_symbol(sb, f.symbol)
-                        pos = raw.tell()
-                        self.bytes_done += pos - last_pos
-                        last_pos = pos
-                        yield sb
-                    if not block:
-                        break
+                    pos = raw.tell()
+                    self.bytes_done += pos - last_pos
+                    last_pos = pos
+                    yield sb
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise SourceError(f"{f.path}: the compressed file is damaged ({exc}); the lines "
+                              "before the damage were replayed") from exc
         finally:
             decoder.close()
+
+    def _oversize(self, line: Oversize, source: str, offset: int) -> SourceBatch:
+        rej = Rejected(source, offset, symbol_of(line.head), RejectReason.OVERSIZE,
+                       line.detail(self.max_line_bytes)[:500],
+                       line.head.decode("utf-8", "replace"))
+        return SourceBatch(TradeBatch.empty(source), [rej], {})
 
     # -- pacing -----------------------------------------------------------------------
     def _paced(self) -> Iterator[SourceBatch]:

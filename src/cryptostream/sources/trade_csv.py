@@ -10,9 +10,9 @@ row is read on from that point row by row, each bad row becoming a reject.
 from __future__ import annotations
 
 import csv
-import io
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +29,8 @@ from cryptostream.model import (
     SourceBatch,
     TradeBatch,
 )
+from cryptostream.sources.binance_messages import DEFAULT_MAX_LINE_BYTES
+from cryptostream.sources.lines import Oversize, read_lines
 
 COLUMNS = ["id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch"]
 _TYPES = {
@@ -69,15 +71,47 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
+class _LineTooLong(Exception):
+    """Raised into Arrow's reader: a row is longer than the limit (the row-by-row reader
+    takes over and rejects it unread)."""
+
+
+class _LineGuard:
+    """A binary file for Arrow's CSV reader that fails as soon as an unfinished row grows
+    past ``limit`` bytes: Arrow would otherwise read a straddling row whole, however long."""
+
+    def __init__(self, fh, limit: int):
+        self._fh, self._limit, self._run = fh, limit, 0
+        self.closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        eol = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        self._run = self._run + len(data) if eol < 0 else len(data) - eol - 1
+        if self._run > self._limit:
+            raise _LineTooLong
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def _has_header(first_line: bytes) -> bool:
     field = first_line.split(b",", 1)[0].strip()
     return not field.lstrip(b"-").isdigit()
 
 
 def read_trade_csv(
-    path: str | Path, symbol: str, source: str, block_size: int = 8 << 20
+    path: str | Path, symbol: str, source: str, block_size: int = 8 << 20,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> Iterator[SourceBatch]:
-    """Yield batches of the trades in one official trade file."""
+    """Yield batches of the trades in one official trade file.
+
+    A row longer than ``max_line_bytes`` is rejected as ``oversize`` without being read
+    whole (official rows are ~60 bytes)."""
     path = Path(path)
     if not path.exists():
         raise SourceError(f"{path}: no such file; check the --replay path")
@@ -89,7 +123,7 @@ def read_trade_csv(
     try:
         with _open_binary(path) as fh:
             reader = pacsv.open_csv(
-                fh,
+                _LineGuard(fh, max_line_bytes),
                 read_options=pacsv.ReadOptions(
                     column_names=COLUMNS, skip_rows=1 if header else 0, block_size=block_size,
                     use_threads=False,
@@ -124,41 +158,65 @@ def read_trade_csv(
                     )
                 )
                 emitted += n
-    except pa.ArrowInvalid:
+    except (pa.ArrowInvalid, _LineTooLong):
         # A malformed row somewhere in the next block: read on row by row from there.
-        yield from _read_rows_slow(path, symbol, source, header, emitted, unit_us)
+        yield from _read_rows_slow(path, symbol, source, header, emitted, unit_us,
+                                   max_line_bytes)
 
 
-def _read_rows_slow(path, symbol, source, header, skip, unit_us, chunk=65_536):
-    with _open_binary(path) as fh:
-        text = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
-        rows = csv.reader(text)
-        if header:
-            next(rows, None)
-        pending: list[tuple] = []
-        rejects: list[Rejected] = []
-        off = -1
-        for row in rows:
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # blank lines are not records (Arrow's reader skips them too)
-            off += 1
-            if off < skip:
-                continue
-            parsed = _parse_row(row)
-            if isinstance(parsed, tuple) and len(parsed) == 2:
-                rejects.append(
-                    Rejected(source, off, symbol, parsed[0], parsed[1], ",".join(row)[:4096])
-                )
-            else:
-                tid, price, qty, t, mk = parsed
-                if unit_us is None:
-                    unit_us = 1 if t >= _US_THRESHOLD else US_PER_MS
-                pending.append((off, tid, price, qty, t * unit_us, mk, ",".join(row)))
-            if len(pending) + len(rejects) >= chunk:
+def _read_rows_slow(path, symbol, source, header, skip, unit_us,
+                    max_line_bytes=DEFAULT_MAX_LINE_BYTES, chunk=65_536):
+    """Row by row from the start of the file, skipping the ``skip`` records already
+    emitted. Lines are read in bounded memory (``sources.lines``) and parsed one at a time,
+    so a broken quote or a huge field spoils one row, never the rest of the file."""
+    try:
+        with _open_binary(path) as fh:
+            pending: list[tuple] = []
+            rejects: list[Rejected] = []
+            off = -1
+            first = True
+            for line in read_lines(fh, max_line_bytes, crlf=True):
+                if first:
+                    first = False
+                    if header:
+                        continue
+                if isinstance(line, Oversize):
+                    off += 1
+                    if off >= skip:
+                        rejects.append(Rejected(source, off, symbol, RejectReason.OVERSIZE,
+                                                line.detail(max_line_bytes),
+                                                line.head.decode("utf-8", "replace")))
+                else:
+                    text = line.decode("utf-8", "replace")
+                    try:
+                        row = next(csv.reader([text]), [])
+                    except csv.Error as exc:
+                        row, bad = None, f"malformed CSV row: {exc}"
+                    if row is not None and (not row or (len(row) == 1 and not row[0].strip())):
+                        continue  # blank lines are not records (Arrow's reader skips them too)
+                    off += 1
+                    if off < skip:
+                        continue
+                    parsed = (RejectReason.DECODE_ERROR, bad) if row is None else _parse_row(row)
+                    if isinstance(parsed, tuple) and len(parsed) == 2:
+                        rejects.append(Rejected(source, off, symbol, parsed[0], parsed[1][:500],
+                                                text[:4096]))
+                    else:
+                        tid, price, qty, t, mk = parsed
+                        if unit_us is None:
+                            unit_us = 1 if t >= _US_THRESHOLD else US_PER_MS
+                        if -(2**62) <= t * unit_us < 2**62:
+                            pending.append((off, tid, price, qty, t * unit_us, mk, text))
+                        else:  # a time in ms so large that it does not fit in µs
+                            rejects.append(Rejected(source, off, symbol, RejectReason.BAD_TYPE,
+                                                    f"time {t} out of range", text[:4096]))
+                if len(pending) + len(rejects) >= chunk:
+                    yield _rows_batch(pending, rejects, symbol, source)
+                    pending, rejects = [], []
+            if pending or rejects:
                 yield _rows_batch(pending, rejects, symbol, source)
-                pending, rejects = [], []
-        if pending or rejects:
-            yield _rows_batch(pending, rejects, symbol, source)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise SourceError(f"{path}: cannot read on ({exc}); the rows before were replayed") from exc
 
 
 def _parse_row(row: list[str]):
