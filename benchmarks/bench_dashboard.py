@@ -62,7 +62,7 @@ SELECT symbol, window_start, window_end, trade_count, open, greatest(high, open)
        close * 0.0002, volume * r3, volume * (1 - r3), r3 / (1 - r3 + 1e-9), trade_count / 60.0,
        (r4 > 0.995)::BIGINT, 0, trade_count - 1, (high - low) / low * 100,
        (close - open) / open * 100, 0, 20 + r3 * 10, 15 + r3 * 5, 60 + r4 * 40, 120 + r4 * 50,
-       NULL, NULL, NULL, NULL, window_end + INTERVAL 2 SECOND FROM one;
+       NULL, NULL, NULL, NULL, window_end + INTERVAL 2 SECOND, TRUE FROM one;
 INSERT INTO agg_5m_1m
 SELECT symbol, window_start, window_start + INTERVAL 5 MINUTE,
        sum(trade_count) OVER f, open, max(high) OVER f, min(low) OVER f,
@@ -71,7 +71,7 @@ SELECT symbol, window_start, window_start + INTERVAL 5 MINUTE,
        sum(buy_volume) OVER f, sum(sell_volume) OVER f, NULL, sum(trade_count) OVER f / 300.0,
        sum(spike_count) OVER f, first_trade_id, last_trade_id, range_pct, return_pct, 0,
        latency_avg_ms, latency_p50_ms, latency_p99_ms, latency_max_ms, NULL, NULL, NULL, NULL,
-       window_start + INTERVAL 302 SECOND FROM agg_1m
+       window_start + INTERVAL 302 SECOND, TRUE FROM agg_1m
 WINDOW f AS (PARTITION BY symbol ORDER BY window_start ROWS BETWEEN CURRENT ROW AND 4 FOLLOWING);
 -- sliding windows still open at the end (they end after the last minute) are not written yet
 DELETE FROM agg_5m_1m WHERE window_end > (SELECT max(window_end) FROM agg_1m);
@@ -95,7 +95,7 @@ INSERT INTO agg_1m SELECT symbol, window_start + INTERVAL 1 MINUTE, window_end +
   buy_volume, sell_volume, buy_sell_ratio, trade_intensity, spike_count, first_trade_id,
   last_trade_id, range_pct, return_pct, missing_trades, latency_avg_ms, latency_p50_ms,
   latency_p99_ms, latency_max_ms, recv_latency_avg_ms, recv_latency_p50_ms, recv_latency_p99_ms,
-  recv_latency_max_ms, now()
+  recv_latency_max_ms, now(), complete
 FROM agg_1m WHERE window_start = (SELECT max(window_start) FROM agg_1m);
 INSERT INTO agg_5m_1m SELECT symbol, window_start + INTERVAL 1 MINUTE,
   window_end + INTERVAL 1 MINUTE,
@@ -103,7 +103,7 @@ INSERT INTO agg_5m_1m SELECT symbol, window_start + INTERVAL 1 MINUTE,
   buy_volume, sell_volume, buy_sell_ratio, trade_intensity, spike_count, first_trade_id,
   last_trade_id, range_pct, return_pct, missing_trades, latency_avg_ms, latency_p50_ms,
   latency_p99_ms, latency_max_ms, recv_latency_avg_ms, recv_latency_p50_ms, recv_latency_p99_ms,
-  recv_latency_max_ms, now()
+  recv_latency_max_ms, now(), complete
 FROM agg_5m_1m WHERE window_start = (SELECT max(window_start) FROM agg_5m_1m);
 UPDATE pipeline_stats SET updated_at = now(), received = received + 100, accepted = accepted + 100;
 """
@@ -133,7 +133,7 @@ INSERT INTO agg_1m SELECT symbol, window_start + INTERVAL '1 minute',
   buy_volume, sell_volume, buy_sell_ratio, trade_intensity, spike_count, first_trade_id,
   last_trade_id, range_pct, return_pct, missing_trades, latency_avg_ms, latency_p50_ms,
   latency_p99_ms, latency_max_ms, recv_latency_avg_ms, recv_latency_p50_ms, recv_latency_p99_ms,
-  recv_latency_max_ms, now()
+  recv_latency_max_ms, now(), complete
 FROM agg_1m WHERE window_start = (SELECT max(window_start) FROM agg_1m);
 INSERT INTO agg_5m_1m SELECT symbol, window_start + INTERVAL '1 minute',
   window_end + INTERVAL '1 minute',
@@ -141,7 +141,7 @@ INSERT INTO agg_5m_1m SELECT symbol, window_start + INTERVAL '1 minute',
   buy_volume, sell_volume, buy_sell_ratio, trade_intensity, spike_count, first_trade_id,
   last_trade_id, range_pct, return_pct, missing_trades, latency_avg_ms, latency_p50_ms,
   latency_p99_ms, latency_max_ms, recv_latency_avg_ms, recv_latency_p50_ms, recv_latency_p99_ms,
-  recv_latency_max_ms, now()
+  recv_latency_max_ms, now(), complete
 FROM agg_5m_1m WHERE window_start = (SELECT max(window_start) FROM agg_5m_1m);
 UPDATE pipeline_stats SET updated_at = now(), received = received + 100, accepted = accepted + 100;
 """

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import os
 import re
 import shutil
@@ -91,7 +92,7 @@ def run(args) -> list[dict]:
            "--metrics-port", str(port), "--db", str(work / "soak.duckdb"),
            "--lake", str(work / "lake"), "--no-progress", *args.extra]
     print("$", " ".join(cmd), flush=True)
-    log = open(work / "run.log", "w")
+    log = open(work / "run.log", "w")  # noqa: SIM115 - closed in the finally below
     child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work)
     t0 = time.monotonic()
     samples: list[dict] = []
@@ -128,7 +129,7 @@ def verdict(samples: list[dict]) -> dict:
     last = [r for t, r in rss if t >= end - 60]
     ref, final, peak = at3[0], max(last), max(r for _, r in rss)
     rates = [(b["received"] - a["received"]) / (b["t_s"] - a["t_s"])
-             for a, b in zip(samples, samples[1:], strict=False)
+             for a, b in itertools.pairwise(samples)
              if a.get("received") is not None and b.get("received") is not None]
     return {"rss_minute3_mb": ref, "rss_last_minute_mb": final, "rss_peak_mb": peak,
             "growth_pct": (final / ref - 1) * 100, "flat": final <= ref * 1.10,
@@ -151,7 +152,7 @@ def plot(samples: list[dict], path: Path, title: str) -> None:
     a.set_title(title)
     rates = [None] + [(y["received"] - x["received"]) / (y["t_s"] - x["t_s"])
                       if x.get("received") is not None and y.get("received") is not None else None
-                      for x, y in zip(samples, samples[1:], strict=False)]
+                      for x, y in itertools.pairwise(samples)]
     b.plot(t, rates, color="steelblue")
     b.set_ylabel("trades/s")
     b.set_xlabel("minutes")
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     print(v)
     if args.record:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
+                                capture_output=True, text=True, check=False).stdout.strip()
         img = ROOT / "docs" / "img" / f"soak-{args.variant}.png"
         when = dt.datetime.now(dt.UTC)
         plot(samples, img, f"soak {args.variant}: {args.symbols} symbols, "

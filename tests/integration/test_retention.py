@@ -3,8 +3,8 @@ windows; without it every trade stays."""
 
 from __future__ import annotations
 
-import pytest
 import pyarrow.parquet as pq
+import pytest
 
 pytestmark = pytest.mark.integration
 
