@@ -24,7 +24,7 @@ DASHBOARD_PORT ?= 8501
 run: $(STAMP)  ## the live Binance pipeline + dashboard (BINANCE_URL=ws://127.0.0.1:PORT for a local fake-binance; DB=path)
 	@db='$(DB)'; [ -n "$$db" ] || db=$$($(BIN)/python -c 'from cryptostream.config import load_settings; print(load_settings().db)' 2>/dev/null) || db=data/cryptostream.duckdb; \
 	( i=0; while [ ! -e "$$db.query.json" ] && [ $$i -lt 600 ]; do sleep 0.1; i=$$((i+1)); done; \
-	  exec $(BIN)/cryptostream dashboard --db "$$db" --port $(DASHBOARD_PORT) ) & dash=$$!; \
+	  exec $(BIN)/cryptostream dashboard --db "$$db" --port $(DASHBOARD_PORT) --metrics-port 9109 ) & dash=$$!; \
 	trap 'kill $$dash 2>/dev/null; wait $$dash 2>/dev/null' EXIT INT TERM; \
 	echo "dashboard: http://127.0.0.1:$(DASHBOARD_PORT) (once the pipeline runs)"; \
 	$(BIN)/cryptostream run --db "$$db" $(if $(BINANCE_URL),--binance-url $(BINANCE_URL)) $(ARGS)
