@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     query_max_rows: int = Field(100_000, ge=0)
     #: DuckDB worker threads of the store; 1 measured fastest end to end (docs/benchmarks.md)
     duckdb_threads: int = Field(1, ge=1)
+    #: cap of DuckDB's buffer pool in the writing process (MB); larger data spills to disk
+    duckdb_memory_mb: int = Field(128, ge=16)
     # machine learning on closed agg_1m windows (cryptostream.ml.live)
     ml: bool = True
     ml_models: Annotated[tuple[str, ...], NoDecode] = ("naive", "linear", "online_linear")

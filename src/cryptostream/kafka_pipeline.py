@@ -220,7 +220,8 @@ class ProcessPipeline:
         self.cfg = replace(engine_config(settings), max_clock_skew_us=0,
                            gap_wait_us=int(settings.backfill_wait_s * US))
         self.sink = self.telemetry.wrap_sink(build_sinks(
-            settings.sinks, settings.db, settings.window_specs(), settings.duckdb_threads))
+            settings.sinks, settings.db, settings.window_specs(), settings.duckdb_threads,
+            duckdb_memory_mb=settings.duckdb_memory_mb))
         # upstream silence is invisible here (a dead connection looks like a quiet market):
         # idle watermarks advance only after the embedded default for replays, 10 s
         self.idle_us = (settings.idle_timeout_s if settings.idle_timeout_s is not None else 10.0) * US

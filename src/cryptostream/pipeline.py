@@ -186,7 +186,8 @@ class EmbeddedPipeline:
             for sym in settings.symbols:
                 self.processor.counters.setdefault(sym, SymbolCounters())
         self.sinks = self.telemetry.wrap_sink(build_sinks(
-            settings.sinks, settings.db, settings.window_specs(), settings.duckdb_threads))
+            settings.sinks, settings.db, settings.window_specs(), settings.duckdb_threads,
+            duckdb_memory_mb=settings.duckdb_memory_mb))
         self.sink = self.sinks.duckdb  # the lake and the query endpoint need the DuckDB file
         self.lake = ParquetLake(settings.lake, settings.window_specs()) \
             if settings.lake and self.sink is not None else None

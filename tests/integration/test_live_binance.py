@@ -55,7 +55,10 @@ def test_live_run_with_every_fault_stores_what_a_clean_replay_stores(cs, workspa
         _wait_for(lambda: st.trade_messages_sent > 3000, 30, "the first 3000 messages")
         fake.shutdown_now(grace_s=1.0)  # serverShutdown: the client must move at once
         _wait_for(lambda: st.trade_messages_sent > 8000, 30, "8000 messages")
-        fake.stall_now(3.0)  # longer than the client's 1.5 s watchdog
+        # longer than the client's 1.5 s watchdog; a stall needs an open connection, and
+        # with drops every 1000 messages the client may be between two at this instant
+        _wait_for(lambda: (fake.stall_now(3.0), time.sleep(0.2), st.stalls >= 1)[-1], 20,
+                  "a stall on an open connection")
         fake.fail_rest(2, 429, retry_after_s=1.0)  # backfills must wait as told, then go on
         fake.fail_rest(1, 418, retry_after_s=1.0)
         _wait_for(lambda: fake.finished, 60, "the end of the recording")

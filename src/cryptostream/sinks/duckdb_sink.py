@@ -114,10 +114,14 @@ def _upsert_sql(table: str, columns: list[str], key: tuple[str, ...], change: tu
 class DuckDBSink:
     """Writes processor output to one DuckDB file (see module docstring)."""
 
-    def __init__(self, path: str | Path, windows: tuple[WindowSpec, ...], threads: int | None = None):
+    def __init__(self, path: str | Path, windows: tuple[WindowSpec, ...], threads: int | None = None,
+                 memory_mb: int | None = None):
         self.path = Path(path)
         self.windows = windows
         self.threads = threads
+        #: DuckDB's buffer pool cap; unset, DuckDB takes 80 % of RAM and a long run keeps
+        #: every page it wrote cached (RSS grows with the store: measured in soak.py)
+        self.memory_mb = memory_mb
         self.con: duckdb.DuckDBPyConnection | None = None
         self.lock = threading.Lock()  # one writer at a time on this connection
         self._agg_sql = {
@@ -148,6 +152,8 @@ class DuckDBSink:
                 ) from exc
         if self.threads:
             self.con.execute(f"SET threads = {int(self.threads)}")
+        if self.memory_mb:
+            self.con.execute(f"SET memory_limit = '{int(self.memory_mb)}MB'")
         self.con.execute(trades_ddl())
         for w in self.windows:
             self.con.execute(agg_ddl(w.table))

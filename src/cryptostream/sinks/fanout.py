@@ -51,12 +51,14 @@ class FanoutSink:
 
 
 def build_sinks(specs: tuple[str, ...], db: Path, windows: tuple[WindowSpec, ...],
-                duckdb_threads: int | None = None) -> FanoutSink:
+                duckdb_threads: int | None = None,
+                duckdb_memory_mb: int | None = None) -> FanoutSink:
     """``duckdb`` -> the ``db`` file; ``postgres://…`` -> a PostgreSQL sink."""
     sinks = []
     for spec in specs:
         if spec == "duckdb":
-            sinks.append(DuckDBSink(db, windows, threads=duckdb_threads))
+            sinks.append(DuckDBSink(db, windows, threads=duckdb_threads,
+                                    memory_mb=duckdb_memory_mb))
         else:
             from cryptostream.sinks.postgres_sink import PostgresSink
 
