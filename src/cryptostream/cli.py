@@ -471,14 +471,7 @@ def ingest(
                       binance_url=binance_url, binance_rest_url=binance_rest_url,
                       max_clock_skew_s=max_clock_skew, partitions=partitions, publish_raw=publish_raw,
                       sim_rate=rate, **_obs(metrics_port, log_format))
-    _need_broker(s)
-    from cryptostream.observability.server import observe
-
-    _setup(s)
-    telemetry = observe(s, "ingest")
-    pipe = IngestPipeline(s, telemetry=telemetry)
-    telemetry.watch(pipe)
-    _stop_on_signals(pipe.stop, s.shutdown_timeout_s)
+    pipe = _kafka_role(s, "ingest", IngestPipeline)
     err.print(f"[dim]{pipe.run_id}: {s.source} -> {s.broker}[/dim]")
     sm = pipe.run()
     err.print(f"received {sm.received:,} records, published {sm.published:,} messages, "
@@ -515,18 +508,25 @@ def process(
                       session_timeout_ms=session_timeout_ms,
                       **_ml(ml, ml_models, ml_warmup, models_dir, contamination),
                       **_obs(metrics_port, log_format))
-    _need_broker(s)
     from cryptostream.observability.logs import redact
-    from cryptostream.observability.server import observe
 
-    _setup(s)
-    telemetry = observe(s, "process")
-    pipe = ProcessPipeline(s, telemetry=telemetry)
-    telemetry.watch(pipe)
-    _stop_on_signals(pipe.stop, s.shutdown_timeout_s)
+    pipe = _kafka_role(s, "process", ProcessPipeline)
     err.print(f"[dim]{pipe.run_id}: {s.broker} -> {redact(', '.join(s.sinks))}[/dim]")
     n = pipe.run()
     err.print(f"processed {n:,} records")
+
+
+def _kafka_role(s, name: str, pipeline_cls):
+    """A Kafka role's pipeline with its logs, metrics endpoint and bounded signal handling."""
+    from cryptostream.observability.server import observe
+
+    _need_broker(s)
+    _setup(s)
+    telemetry = observe(s, name)
+    pipe = pipeline_cls(s, telemetry=telemetry)
+    telemetry.watch(pipe)
+    _stop_on_signals(pipe.stop, s.shutdown_timeout_s)
+    return pipe
 
 
 def _stop_on_signals(stop, timeout_s: float) -> None:

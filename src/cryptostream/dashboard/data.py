@@ -20,6 +20,7 @@ them by the table's key and drop rows that fell out of the range.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import datetime
 import re
@@ -95,20 +96,20 @@ def _to_utc(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-class Store:
+class Store(abc.ABC):
     """What the dashboard needs from a store; subclasses implement ``_query``."""
 
     kind = "store"
 
-    def describe(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def describe(self) -> str: ...
 
     def query(self, sql: str, params: Sequence = ()) -> pd.DataFrame:
         """Run read-only ``sql`` (``?`` parameters) and return a DataFrame (UTC times)."""
         return _to_utc(self._query(sql, list(params)))
 
-    def _query(self, sql: str, params: list) -> pd.DataFrame:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _query(self, sql: str, params: list) -> pd.DataFrame: ...
 
     def tables(self) -> set[str]:
         """Names of the tables present (empty when the store does not exist yet)."""
