@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import ConfigError
-from .features import ANOMALY_FEATURES, Z_CLIP
+from .features import ANOMALY_FEATURES, Z_CLIP, vector
 
 DETECTOR_NAMES = ("isolation_forest", "half_space_trees")
 #: the columns ``detector_view`` adds to ``ANOMALY_FEATURES``
@@ -51,11 +51,7 @@ def detector_view(X: np.ndarray) -> np.ndarray:
 
 def anomaly_vector(x: Mapping[str, float]) -> np.ndarray | None:
     """``x`` in ``ANOMALY_FEATURES`` order, or None when a value is missing or not finite."""
-    try:
-        v = np.array([float(x[n]) for n in ANOMALY_FEATURES], np.float64)
-    except (KeyError, TypeError, ValueError):
-        return None
-    return v if bool(np.all(np.isfinite(v))) else None
+    return vector(x, ANOMALY_FEATURES)
 
 
 def top_features(x: Mapping[str, float], k: int = 3) -> list[tuple[str, float]]:

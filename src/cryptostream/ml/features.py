@@ -226,6 +226,20 @@ def row(feats: Mapping[str, np.ndarray], i: int, names: tuple[str, ...] = FEATUR
     return {n: float(feats[n][i]) for n in names}
 
 
+def vector(x: Mapping[str, float], names: tuple[str, ...]) -> np.ndarray | None:
+    """``x`` in ``names`` order, or None when a value is missing or not finite (what a
+    model's ``predict_one`` / ``score_one`` turns a feature mapping into).
+
+    >>> vector({"a": 1.0, "b": 2}, ("b", "a")).tolist(), vector({"a": float("nan")}, ("a",))
+    ([2.0, 1.0], None)
+    """
+    try:
+        v = np.array([float(x[n]) for n in names], np.float64)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return v if bool(np.all(np.isfinite(v))) else None
+
+
 def complete(x: Mapping[str, float]) -> bool:
     """True when every value is a finite number (a model can use the row)."""
     return all(np.isfinite(v) for v in x.values())

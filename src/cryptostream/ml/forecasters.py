@@ -26,18 +26,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import ConfigError, MissingDependency
-from .features import FORECAST_FEATURES
+from .features import FORECAST_FEATURES, vector
 
 FORECASTER_NAMES = ("naive", "linear", "online_linear", "lstm")
 
 
 def feature_vector(x: Mapping[str, float]) -> np.ndarray | None:
     """``x`` in ``FORECAST_FEATURES`` order, or None when a value is missing or not finite."""
-    try:
-        v = np.array([float(x[n]) for n in FORECAST_FEATURES], np.float64)
-    except (KeyError, TypeError, ValueError):
-        return None
-    return v if bool(np.all(np.isfinite(v))) else None
+    return vector(x, FORECAST_FEATURES)
 
 
 def finite_rows(X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
