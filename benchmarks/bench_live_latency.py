@@ -274,6 +274,11 @@ class Poller:
         self.windows: dict[tuple[str, int], tuple[int, int]] = {}  # (sym, end) -> seen, emitted
         self.query_ns: list[int] = []
         self.seen = 0
+        # pyarrow's first Table.filter initialises its compute functions (~0.5 s here): do
+        # it now, not in the middle of the first poll that returns rows
+        import pyarrow as pa
+
+        pa.table({"x": [1]}).filter(pa.array([True]))
 
     def close(self) -> None:
         if self.client is not None:

@@ -33,6 +33,8 @@ from cryptostream.transport.channel import InProcessChannel, feed
 
 US = 1_000_000
 HEARTBEAT_S = 1.0
+#: how often a live loop holding unwritten output checks whether the writer became idle
+EAGER_POLL_S = 0.002
 ML_TABLE = "agg_1m"  # the ML stage scores the closed windows of this table
 RETAIN_EVERY_S = 60  # how often trades past the retention are pruned
 RESUME_GROUP = "embedded"  # consumer_checkpoints.group_id of the embedded pipeline's state
@@ -241,12 +243,17 @@ class EmbeddedPipeline:
         last_flush = time.monotonic()
         live = not self.source.finite or self.source.speed is not None
         speed = self.source.speed or 1.0
+        # live with the default interval: group commit, i.e. hand over what is pending as
+        # soon as the writer is idle (a busy writer lets the next write grow instead)
+        eager = not self.source.finite and s.flush_interval_s is None
         try:
             interval = s.flush_every_s
             while True:
                 wait = 0.2
                 if pending_trades or pending.window_count:  # wake up when the flush is due
                     wait = min(wait, max(0.0, interval - (time.monotonic() - last_flush)))
+                    if eager:
+                        wait = min(wait, EAGER_POLL_S)
                 item = self.channel.get(timeout_s=wait)
                 now = now_us()
                 self.telemetry.beat()
@@ -265,7 +272,8 @@ class EmbeddedPipeline:
                 has_data = pending_trades or pending.window_count or pending.reference_prices
                 # live: a write at least every second even when quiet (the source's state)
                 heartbeat = not self.source.finite and since >= HEARTBEAT_S
-                if pending_trades >= s.flush_max_trades or (since >= interval and has_data) or heartbeat:
+                due = since >= interval or (eager and writer.idle())
+                if pending_trades >= s.flush_max_trades or (due and has_data) or heartbeat:
                     self._write(writer, pending, now)
                     pending, pending_trades = Output(), 0
                     last_flush = time.monotonic()

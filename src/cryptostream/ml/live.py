@@ -114,6 +114,11 @@ class MLStage:
         self.cfg = config
         self.symbols: dict[str, _Symbol] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ml-refit")
+        # build the models once now, which imports their libraries (river, scikit-learn:
+        # ~1 s here): the first closed window of a live run must not wait for that
+        build_forecasters(list(config.forecasters), seed=config.seed)
+        build_detectors(list(config.detectors), contamination=config.contamination,
+                        seed=config.seed)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

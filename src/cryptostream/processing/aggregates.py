@@ -144,11 +144,37 @@ class LatencySketch:
     """
 
     SUB = 64
-    __slots__ = ("count", "counts", "keys", "max", "total")
+    #: merged parts kept side by side before they are combined (merging is then a list
+    #: concatenation: a live batch merges into its pane without sorting buckets)
+    MAX_PARTS = 32
+    __slots__ = ("_parts", "count", "max", "total")
 
-    def __init__(self, count: int, total: float, mx: float, keys: np.ndarray, counts: np.ndarray):
+    def __init__(self, count: int, total: float, mx: float, keys: np.ndarray,
+                 counts: np.ndarray | None):
         self.count, self.total, self.max = count, total, mx
-        self.keys, self.counts = keys, counts
+        # (keys, counts) pairs; keys may repeat across and (counts None: one each) within
+        self._parts: list[tuple[np.ndarray, np.ndarray | None]] = [(keys, counts)]
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Distinct bucket keys, ascending."""
+        return self._compact()[0]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Values per bucket of ``keys``."""
+        return self._compact()[1]
+
+    def _compact(self) -> tuple[np.ndarray, np.ndarray]:
+        parts = self._parts
+        if len(parts) > 1 or parts[0][1] is None:
+            keys = np.concatenate([k for k, _ in parts]) if len(parts) > 1 else parts[0][0]
+            weights = np.concatenate([np.ones(len(k), np.int64) if c is None else c
+                                      for k, c in parts])
+            keys, inv = np.unique(keys, return_inverse=True)
+            counts = np.bincount(inv, weights=weights, minlength=len(keys)).astype(np.int64)
+            self._parts = [(keys, counts)]
+        return self._parts[0]  # type: ignore[return-value]
 
     @classmethod
     def bucket(cls, values: np.ndarray) -> np.ndarray:
@@ -162,22 +188,32 @@ class LatencySketch:
 
     @classmethod
     def of(cls, values: np.ndarray, buckets: np.ndarray | None = None) -> LatencySketch | None:
-        values = values[~np.isnan(values)]
+        keep = ~np.isnan(values)
+        if not keep.all():
+            values = values[keep]
+            if buckets is not None:
+                buckets = buckets[keep]
         if values.size == 0:
             return None
-        keys, counts = np.unique(cls.bucket(values) if buckets is None else buckets,
-                                 return_counts=True)
-        return cls(int(values.size), float(values.sum()), float(values.max()), keys, counts)
+        keys = cls.bucket(values) if buckets is None else buckets
+        sk = cls(int(values.size), float(values.sum()), float(values.max()), keys, None)
+        if values.size > cls.MAX_PARTS:  # raw buckets are kept only for small batches
+            sk._compact()
+        return sk
 
     @staticmethod
     def merged(a: LatencySketch | None, b: LatencySketch | None) -> LatencySketch | None:
         if b is None:
             return a
+        out = LatencySketch.__new__(LatencySketch)
         if a is None:
-            return LatencySketch(b.count, b.total, b.max, b.keys, b.counts)
-        keys, inv = np.unique(np.concatenate((a.keys, b.keys)), return_inverse=True)
-        counts = np.bincount(inv, weights=np.concatenate((a.counts, b.counts))).astype(np.int64)
-        return LatencySketch(a.count + b.count, a.total + b.total, max(a.max, b.max), keys, counts)
+            out.count, out.total, out.max, out._parts = b.count, b.total, b.max, list(b._parts)
+            return out
+        out.count, out.total, out.max = a.count + b.count, a.total + b.total, max(a.max, b.max)
+        out._parts = a._parts + b._parts
+        if len(out._parts) > LatencySketch.MAX_PARTS:
+            out._compact()
+        return out
 
     @staticmethod
     def stats_of(sk: LatencySketch | None) -> tuple[float | None, ...]:

@@ -60,35 +60,63 @@ def _const(value: str, n: int) -> pa.Array:
     return pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([value], pa.string()))
 
 
+def _labels(values: list[str], sizes: np.ndarray) -> pa.Array:
+    """``values[i]`` repeated ``sizes[i]`` times, dictionary-encoded (no per-row objects)."""
+    uniq = sorted(set(values))
+    if len(uniq) == 1:
+        return _const(uniq[0], int(sizes.sum()))
+    code = {v: i for i, v in enumerate(uniq)}
+    idx = np.repeat(np.fromiter((code[v] for v in values), np.int32, len(values)), sizes)
+    return pa.DictionaryArray.from_arrays(idx, pa.array(uniq, pa.string()))
+
+
 def trades_table(output: Output) -> pa.Table | None:
-    """All accepted trades of ``output`` as one Arrow table (TRADE_COLUMNS order)."""
+    """All accepted trades of ``output`` as one Arrow table (TRADE_COLUMNS order).
+
+    Built column by column over all the output's parts at once: a live flush holds many
+    small parts (one per symbol and processed batch), and a table per part cost more than
+    the insert itself (bench_live_latency profile)."""
     parts = [t for t in output.trades if len(t)]
     if not parts:
         return None
-    arrays = []
-    for t in parts:
-        n = len(t)
-        arrays.append(
-            pa.table(
-                {
-                    "symbol": _const(t.symbol, n),
-                    "trade_id": t.trade_id,
-                    "price": t.price,
-                    "qty": t.qty,
-                    "quote_qty": t.price * t.qty,
-                    "trade_time": _ts(t.trade_time_us),
-                    "is_buyer_maker": t.is_buyer_maker,
-                    "is_price_spike": t.is_price_spike,
-                    "event_time": _ts(t.event_time_us),
-                    "recv_time": _ts(t.recv_time_us),
-                    "processed_at": pa.array(np.full(n, t.processed_at_us, np.int64), TS),
-                    "latency_ms": t.latency_ms,
-                    "recv_latency_ms": pa.array(t.recv_latency_ms, from_pandas=True),
-                    "source": _const(t.source, n),
-                }
-            )
-        )
-    return pa.concat_tables(arrays) if len(arrays) > 1 else arrays[0]
+
+    def cat(name: str) -> np.ndarray:
+        cols = [getattr(t, name) for t in parts]
+        return cols[0] if len(cols) == 1 else np.concatenate(cols)
+
+    sizes = np.fromiter((len(t) for t in parts), np.int64, len(parts))
+    price, qty = cat("price"), cat("qty")
+    return pa.table(
+        {
+            "symbol": _labels([t.symbol for t in parts], sizes),
+            "trade_id": cat("trade_id"),
+            "price": price,
+            "qty": qty,
+            "quote_qty": price * qty,
+            "trade_time": _ts(cat("trade_time_us")),
+            "is_buyer_maker": cat("is_buyer_maker"),
+            "is_price_spike": cat("is_price_spike"),
+            "event_time": _ts(cat("event_time_us")),
+            "recv_time": _ts(cat("recv_time_us")),
+            "processed_at": pa.array(
+                np.repeat(np.fromiter((t.processed_at_us for t in parts), np.int64, len(parts)),
+                          sizes), TS),
+            "latency_ms": cat("latency_ms"),
+            "recv_latency_ms": pa.array(cat("recv_latency_ms"), from_pandas=True),
+            "source": _labels([t.source for t in parts], sizes),
+        }
+    )
+
+
+def id_ranges(output: Output) -> dict[str, tuple[int, int]]:
+    """Per symbol, the lowest and highest trade id among the output's accepted trades."""
+    ranges: dict[str, tuple[int, int]] = {}
+    for t in output.trades:
+        if len(t):
+            lo, hi = int(t.trade_id.min()), int(t.trade_id.max())
+            cur = ranges.get(t.symbol)
+            ranges[t.symbol] = (lo, hi) if cur is None else (min(lo, cur[0]), max(hi, cur[1]))
+    return ranges
 
 
 _AGG_SCHEMA = pa.schema(
@@ -100,8 +128,19 @@ _AGG_SCHEMA = pa.schema(
 )
 
 
+def last_by(rows: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """``rows`` with only the last row of each ``key`` (a later emission of a window or an
+    ML row supersedes an earlier one; one upsert statement must not touch a key twice)."""
+    if len(rows) < 2:
+        return rows
+    latest = {tuple(r.get(k) for k in key): r for r in rows}
+    return rows if len(latest) == len(rows) else list(latest.values())
+
+
 def windows_table(rows: list[dict]) -> pa.Table:
-    """Window rows from the processor as an Arrow table in AGG_COLUMNS order."""
+    """Window rows from the processor as an Arrow table in AGG_COLUMNS order (the last
+    emission of each window)."""
+    rows = last_by(rows, ("symbol", "window_start_us"))
     data = {}
     for name, _ in AGG_COLUMNS:
         if name in ("window_start", "window_end", "emitted_at"):
@@ -122,7 +161,9 @@ def ml_tables(output: Output) -> list[tuple[str, pa.Table]]:
     for table, rows in output.ml.items():
         if not rows:
             continue
-        columns, _ = ML_TABLES[table]
+        columns, key = ML_TABLES[table]
+        rows = last_by(rows, tuple(k + "_us" if dict(columns)[k] == "TIMESTAMPTZ" else k
+                                   for k in key))
         data = {}
         for name, typ in columns:
             if typ == "TIMESTAMPTZ":
@@ -236,6 +277,7 @@ def stats_rows(run_id: str, started_us: int, now_us: int, source: str,
 def stats_table(rows: list[dict]) -> pa.Table | None:
     if not rows:
         return None
+    rows = last_by(rows, ("run_id", "symbol"))
     cols = {k: [r[k] for r in rows] for k in rows[0]}
     out = {}
     for k, v in cols.items():
