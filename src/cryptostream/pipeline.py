@@ -35,6 +35,8 @@ US = 1_000_000
 HEARTBEAT_S = 1.0
 #: how often a live loop holding unwritten output checks whether the writer became idle
 EAGER_POLL_S = 0.002
+#: how often a live loop with nothing arriving advances the quiet symbols' watermarks
+QUIET_POLL_S = 0.05
 ML_TABLE = "agg_1m"  # the ML stage scores the closed windows of this table
 RETAIN_EVERY_S = 60  # how often trades past the retention are pruned
 RESUME_GROUP = "embedded"  # consumer_checkpoints.group_id of the embedded pipeline's state
@@ -249,7 +251,7 @@ class EmbeddedPipeline:
         try:
             interval = s.flush_every_s
             while True:
-                wait = 0.2
+                wait = QUIET_POLL_S if live else 0.2  # quiet symbols' windows close on time
                 if pending_trades or pending.window_count:  # wake up when the flush is due
                     wait = min(wait, max(0.0, interval - (time.monotonic() - last_flush)))
                     if eager:

@@ -154,3 +154,28 @@ def test_a_failed_write_leaves_nothing_half_written(store, processed):
     sink.close()
     snap = store.snapshot()
     assert snap["trades"] == [] and snap["agg_1m"] == []
+
+
+def _window(rows: list[dict], symbol_window: tuple[str, int]) -> dict:
+    return next(r for r in rows if (r["symbol"], r["window_start_us"]) == symbol_window)
+
+
+def test_a_later_emission_of_a_window_replaces_the_first(store, processed):
+    """A window re-emitted in a later write (a correction after a backfill) and one emitted
+    twice within one write (flushes merged by the writer) both end up as their last version,
+    beside a window newer than anything stored (the sinks' plain-insert path)."""
+    out, stats = processed
+    rows = sorted(out.windows["agg_1m"], key=lambda r: r["window_start_us"])
+    first, newest = rows[:-1], rows[-1]
+    sink = store.make()
+    sink.open()
+    sink.write(Output(windows={"agg_1m": first}), stats, 1)
+    key = (first[0]["symbol"], first[0]["window_start_us"])
+    fixed = dict(_window(first, key), trade_count=first[0]["trade_count"] + 1, missing_trades=0)
+    fixed_again = dict(fixed, trade_count=fixed["trade_count"] + 1)
+    sink.write(Output(windows={"agg_1m": [fixed, newest, fixed_again]}), stats, 2)
+    sink.close()
+    stored = {(r[0], int(r[1].timestamp() * 1_000_000)): r for r in store.snapshot()["agg_1m"]}
+    assert len(stored) == len(rows)
+    assert stored[key][3] == first[0]["trade_count"] + 2  # trade_count: the last version
+    assert (newest["symbol"], newest["window_start_us"]) in stored

@@ -45,8 +45,11 @@ DEFAULT_WS_URL = "wss://stream.binance.com:9443"
 DEFAULT_REST_URL = "https://api.binance.com"
 MAX_FRAMES_PER_BATCH = 5000
 #: frames arriving within this long of the first one form one batch: per-batch costs
-#: (~1-2 ms in the processor and the store) then do not grow with the message rate
+#: (~1 ms in the processor) then do not grow with the message rate ...
 BATCH_WINDOW_S = 0.01
+#: ... from this many frames per second on; below it a frame is handed on at once (waiting
+#: would only add the window to each trade's latency)
+BATCH_MIN_RATE = 200.0
 BACKFILL_ATTEMPTS = 6
 #: no frame for this long: the connection may be stalled (see ``catching_up``)
 SILENT_AFTER_S = 1.0
@@ -101,6 +104,8 @@ class BinanceSource:
         self._skew_ms: float | None = None
         self._overflowed = False
         self._error: BaseException | None = None
+        self._window_s = 0.0  # the batching window for the current frame rate
+        self._rate_frames, self._rate_since = 0, time.monotonic()
 
     # -- Source protocol ----------------------------------------------------------------
     @property
@@ -170,7 +175,7 @@ class BinanceSource:
             item = self._frames.get(timeout=timeout_s)
         except queue.Empty:
             item = None
-        until = time.monotonic() + BATCH_WINDOW_S
+        until = time.monotonic() + self._window_s
         while item is not None:
             if isinstance(item, str):  # a connection event, in stream order
                 if frames:
@@ -191,6 +196,7 @@ class BinanceSource:
                 item = self._frames.get(timeout=max(0.0, until - time.monotonic()))
             except queue.Empty:
                 item = None
+        self._adapt_window(len(frames))
         if frames:
             yield self._decode_stream(frames)
         if self._overflowed and self._frames.qsize() < self._frames.maxsize // 2:
@@ -207,6 +213,16 @@ class BinanceSource:
             self._rest_offset += len(lines)
             self._track(sb.trades, request=False)
             yield sb
+
+    def _adapt_window(self, n_frames: int) -> None:
+        """Batch frames (``BATCH_WINDOW_S``) only while they come at ``BATCH_MIN_RATE``/s or
+        more, measured over the last half second or so."""
+        self._rate_frames += n_frames
+        now = time.monotonic()
+        if now - self._rate_since >= 0.5:
+            rate = self._rate_frames / (now - self._rate_since)
+            self._window_s = BATCH_WINDOW_S if rate >= BATCH_MIN_RATE else 0.0
+            self._rate_frames, self._rate_since = 0, now
 
     def _decode_stream(self, lines: list[bytes]) -> SourceBatch:
         sb = decode_lines(lines, "binance", self._offset, event=self.stream,

@@ -54,6 +54,8 @@ log = logging.getLogger("cryptostream.sources.binance")
 MAX_STREAMS_PER_CONNECTION = 1024
 MAX_SENDS_PER_S = 4  # under the 5 incoming messages/s the server allows
 SUBSCRIBE_CHUNK = 200  # streams per SUBSCRIBE request
+#: frames the WebSocket library may buffer before it stops reading the socket
+WS_MAX_QUEUE = 256
 _CONTROL_PREFIXES = (b'{"result"', b'{"id"', b'{"error"', b'{"code"')
 
 
@@ -256,8 +258,11 @@ class StreamConnections:
         self._attempts.append(time.monotonic())
 
     async def _open(self) -> _Conn:
+        # max_queue: the library pauses reading the socket above 16 buffered frames by
+        # default; at thousands of trades/s it then paused and resumed every few frames
+        # (epoll changes cost a third of this thread), so it may buffer more
         ws = await connect(self.url, ping_interval=None, max_size=self.opts.max_frame_bytes,
-                           proxy=None,
+                           proxy=None, max_queue=(WS_MAX_QUEUE, WS_MAX_QUEUE // 4),
                            open_timeout=self.opts.open_timeout_s, close_timeout=2)
         now = time.monotonic()
         conn = _Conn(ws, now, now)
