@@ -29,7 +29,7 @@ from cryptostream.processing.engine import Output, Processor, SymbolCounters
 from cryptostream.processing.state import restore, snapshot
 from cryptostream.sinks.base import Checkpoint, stats_rows
 from cryptostream.sinks.fanout import build_sinks
-from cryptostream.sinks.lake import ParquetLake
+from cryptostream.sinks.lake import DEFAULT_SETTLE_US, ParquetLake
 from cryptostream.sources.base import SourceStatus
 from cryptostream.transport.channel import InProcessChannel, feed
 from cryptostream.transport.kafka_admin import (
@@ -226,7 +226,8 @@ class ProcessPipeline:
         # idle watermarks advance only after the embedded default for replays, 10 s
         self.idle_us = (settings.idle_timeout_s if settings.idle_timeout_s is not None else 10.0) * US
         duck = self.sink.duckdb
-        self.lake = ParquetLake(settings.lake, settings.window_specs()) \
+        self.lake = ParquetLake(settings.lake, settings.window_specs(),
+                                settle_us=settings.allowed_lateness_us + DEFAULT_SETTLE_US) \
             if settings.lake and duck is not None else None
         self.tables = tuple(w.table for w in settings.window_specs())
         self.ml = ml_stage(settings)

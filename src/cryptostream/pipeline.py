@@ -26,7 +26,7 @@ from cryptostream.processing.engine import EngineConfig, Output, Processor, Symb
 from cryptostream.processing.state import continue_run, snapshot
 from cryptostream.sinks.base import Checkpoint, stats_rows
 from cryptostream.sinks.fanout import build_sinks
-from cryptostream.sinks.lake import ParquetLake
+from cryptostream.sinks.lake import DEFAULT_SETTLE_US, ParquetLake
 from cryptostream.sinks.writer import SinkWriter
 from cryptostream.sources.base import NoTrades, Source
 from cryptostream.transport.channel import InProcessChannel, feed
@@ -193,7 +193,8 @@ class EmbeddedPipeline:
             settings.sinks, settings.db, settings.window_specs(), settings.duckdb_threads,
             duckdb_memory_mb=settings.duckdb_memory_mb))
         self.sink = self.sinks.duckdb  # the lake and the query endpoint need the DuckDB file
-        self.lake = ParquetLake(settings.lake, settings.window_specs()) \
+        self.lake = ParquetLake(settings.lake, settings.window_specs(),
+                                settle_us=settings.allowed_lateness_us + DEFAULT_SETTLE_US) \
             if settings.lake and self.sink is not None else None
         self.channel = InProcessChannel(maxsize=settings.queue_batches)
         self.ml = ml_stage(settings)
