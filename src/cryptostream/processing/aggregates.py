@@ -147,6 +147,8 @@ class LatencySketch:
     #: merged parts kept side by side before they are combined (merging is then a list
     #: concatenation: a live batch merges into its pane without sorting buckets)
     MAX_PARTS = 32
+    #: a batch of more values than this is bucketed at once rather than kept raw
+    MAX_RAW = 32
     __slots__ = ("_parts", "count", "max", "total")
 
     def __init__(self, count: int, total: float, mx: float, keys: np.ndarray,
@@ -197,7 +199,7 @@ class LatencySketch:
             return None
         keys = cls.bucket(values) if buckets is None else buckets
         sk = cls(int(values.size), float(values.sum()), float(values.max()), keys, None)
-        if values.size > cls.MAX_PARTS:  # raw buckets are kept only for small batches
+        if values.size > cls.MAX_RAW:  # raw buckets are kept only for small batches
             sk._compact()
         return sk
 

@@ -39,6 +39,7 @@ from cryptostream.sinks.base import (
 )
 
 #: ML tables written in time order per symbol, by the time column of their key
+_NEVER = -(1 << 62)  # before any time
 FRESH_ML = {"anomalies": "window_start", "predictions": "target_window_start",
             "prediction_errors": "target_window_start"}
 
@@ -140,7 +141,7 @@ class DuckDBSink:
         #: than everything stored for its symbol cannot exist yet, so it is inserted plainly
         #: (an upsert cost 2-3 x as much here: ~16 vs ~6 ms for a few window rows)
         self._fresh_by = {w.table: "window_start" for w in windows} | FRESH_ML
-        self._newest: dict[str, dict[str, int]] = {}  # table -> symbol -> newest time (us)
+        self._newest: dict[str, dict[str, int]] = {}  # table -> symbol -> newest µs (open())
 
     def open(self) -> None:
         if self.path.parent and not self.path.parent.exists():
@@ -262,7 +263,11 @@ class DuckDBSink:
         syms = rows.column("symbol").to_pylist()
         times = rows.column(col).cast(pa.int64()).to_pylist()
         seen = self._newest.get(table, {})
-        fresh = [t is not None and t > seen.get(s, -1 << 62) for s, t in zip(syms, times)]
+        fresh, newest = [], {}
+        for s, t in zip(syms, times):
+            fresh.append(t is not None and t > seen.get(s, _NEVER))
+            if t is not None and t > newest.get(s, _NEVER):
+                newest[s] = t
         if all(fresh):
             self._run(f"INSERT INTO {table} SELECT * FROM batch", rows)
         elif not any(fresh):
@@ -271,11 +276,7 @@ class DuckDBSink:
             mask = pa.array(fresh, pa.bool_())
             self._run(f"INSERT INTO {table} SELECT * FROM batch", rows.filter(mask))
             self._run(upsert_sql, rows.filter(pc.invert(mask)))
-        out: dict[str, int] = {}
-        for s, t in zip(syms, times):
-            if t is not None and t > out.get(s, -1 << 62):
-                out[s] = t
-        return table, out
+        return table, newest
 
     def _insert_trades(self, trades: pa.Table, ranges: dict[str, tuple[int, int]]) -> None:
         """Insert ``trades`` (id ``ranges`` per symbol) skipping the rows already stored."""

@@ -61,8 +61,7 @@ class ParquetLake:
     def mark(self, out: Output) -> None:
         for t in out.trades:
             if len(t):
-                hours = t.trade_time_us // HOUR_US
-                for h in np.unique(hours).tolist():
+                for h in np.unique(t.trade_time_us // HOUR_US).tolist():
                     self.dirty.add(("trades", t.symbol, h * HOUR_US))
                 newest = int(t.trade_time_us.max())
                 self.newest_us = newest if self.newest_us is None else max(self.newest_us, newest)
