@@ -74,7 +74,12 @@ class IsolationForestDetector:
     name = "isolation_forest"
     batch = True
 
-    def __init__(self, contamination: float = 0.05, n_estimators: int = 100,
+    #: 50 trees, not scikit-learn's 100: the same precision / recall / FPR on the real series
+    #: of docs/ml.md (seeds 0 and 1, within ±0.01), half the memory (~0.7 vs ~1.3 MB of RSS
+    #: per fitted model, one per symbol live) and half the scoring time
+    N_ESTIMATORS = 50
+
+    def __init__(self, contamination: float = 0.05, n_estimators: int = N_ESTIMATORS,
                  max_samples: int | str = "auto", min_rows: int = 50, seed: int = 0):
         self.contamination, self.n_estimators = contamination, n_estimators
         self.max_samples, self.min_rows, self.seed = max_samples, min_rows, seed
