@@ -161,7 +161,12 @@ class HalfSpaceTreesDetector:
     name = "half_space_trees"
     batch = False
 
-    def __init__(self, contamination: float = 0.05, n_trees: int = 25, height: int = 8,
+    #: 15 trees of height 6, not 25 of height 8: the same precision / recall / FPR on the real
+    #: series of docs/ml.md (within 0.01), ~0.5 instead of ~3 MB of RSS per symbol live (the
+    #: trees are Python objects) and a quarter of the time per window
+    N_TREES, HEIGHT = 15, 6
+
+    def __init__(self, contamination: float = 0.05, n_trees: int = N_TREES, height: int = HEIGHT,
                  window_size: int = 100, z_max: float = Z_CLIP,
                  quantile_window: int = 1000, protect: bool = True, min_learn: int = 30,
                  seed: int = 0):
