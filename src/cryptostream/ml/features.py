@@ -28,6 +28,9 @@ ROBUST_N = 30
 ROBUST_MIN = 10
 #: rows a symbol needs before every feature is defined (the live warm-up floor)
 WARMUP_WINDOWS = ROBUST_N + 1
+#: rows a row's features depend on, itself included: a robust z-score of the log return
+#: reads the ROBUST_N returns before it, and the oldest of those the VWAP before that
+ROW_SPAN = ROBUST_N + 2
 MAD_SCALE = 1.4826  # MAD -> standard deviation for normal data
 Z_CLIP = 100.0  # robust z-scores are clipped to ±Z_CLIP
 #: smallest scale of a log-ratio z-score: 5 % (volume, count, range) / 0.1 bp (returns)
@@ -280,6 +283,9 @@ class FeatureState:
             self.bars = one if self.bars is None else self.bars.append(one)
             self.bars = self.bars.tail(self.keep)
             self.seen += 1
-            feats = compute(self.bars, self.min_history)
-            out.append((int(one.start_ms[0]), row(feats, len(self.bars) - 1)))
+            # the newest row's features read at most ROW_SPAN rows: computing them over
+            # those alone gives the same values at a quarter of the cost of all ``keep``
+            span = self.bars.tail(ROW_SPAN)
+            feats = compute(span, self.min_history)
+            out.append((int(one.start_ms[0]), row(feats, len(span) - 1)))
         return out

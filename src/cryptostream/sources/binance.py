@@ -175,7 +175,10 @@ class BinanceSource:
             item = self._frames.get(timeout=timeout_s)
         except queue.Empty:
             item = None
-        until = time.monotonic() + self._window_s
+        if item is not None and self._window_s:
+            # let the window fill, then take what came: waiting in ``get`` instead would wake
+            # this thread for every frame (GIL handovers with the socket's thread, each frame)
+            time.sleep(self._window_s)
         while item is not None:
             if isinstance(item, str):  # a connection event, in stream order
                 if frames:
@@ -193,7 +196,7 @@ class BinanceSource:
                 if len(frames) >= MAX_FRAMES_PER_BATCH:
                     break
             try:
-                item = self._frames.get(timeout=max(0.0, until - time.monotonic()))
+                item = self._frames.get_nowait()
             except queue.Empty:
                 item = None
         self._adapt_window(len(frames))
