@@ -208,7 +208,8 @@ def main(argv=None) -> int:
                 f"\n## {when:%Y-%m-%d %H:%M} UTC — commit {commit} — soak ({args.variant})\n\n"
                 f"- Command: `python benchmarks/soak.py --variant {args.variant} "
                 f"--symbols {args.symbols} --rate {args.rate:g}"
-                + (f" --minutes {args.minutes:g}" if args.variant == "wall" else "") + "`\n"
+                + (f" --minutes {args.minutes:g}" if args.variant == "wall" else "")
+                + (" -- " + " ".join(args.extra) if args.extra else "") + "`\n"
                 f"- Machine: {os.cpu_count()} vCPU; samples every {args.every:g} s; "
                 f"{v['seconds'] / 60:.1f} min of wall time\n"
                 f"- RSS (medians): minute 3 {v['rss_minute3_mb']:.1f} MB, last minute "
