@@ -137,6 +137,16 @@ def _rolling(x: np.ndarray, n: int, fn) -> np.ndarray:
     return out
 
 
+def _row_nanmedian(w: np.ndarray) -> np.ndarray:
+    """The median of each row's non-NaN values (every row has one at least): the same
+    values as ``np.nanmedian(w, axis=1)``, which goes through masked arrays for short rows
+    (~2 ms a call here, a third of the live ML stage's time per window)."""
+    s = np.sort(w, axis=1)  # NaN sort last
+    k = np.count_nonzero(~np.isnan(w), axis=1)
+    rows = np.arange(len(s))
+    return (s[rows, (k - 1) // 2] + s[rows, k // 2]) / 2
+
+
 def robust_z(x: np.ndarray, n: int = ROBUST_N, min_n: int = ROBUST_MIN,
              floor: float = 0.0, rel_floor: float = 1e-9) -> np.ndarray:
     """(x_t - median) / (1.4826 MAD) over the previous ``n`` rows (row t itself excluded),
@@ -161,8 +171,8 @@ def robust_z(x: np.ndarray, n: int = ROBUST_N, min_n: int = ROBUST_MIN,
     idx = np.flatnonzero(enough)
     if len(idx):
         w = win[idx]
-        med = np.nanmedian(w, axis=1)
-        mad = np.nanmedian(np.abs(w - med[:, None]), axis=1) * MAD_SCALE
+        med = _row_nanmedian(w)
+        mad = _row_nanmedian(np.abs(w - med[:, None])) * MAD_SCALE
         scale = np.maximum(np.maximum(np.abs(med) * rel_floor, floor), 1e-12)
         out[idx] = np.clip((x[idx] - med) / np.maximum(mad, scale), -Z_CLIP, Z_CLIP)
     return out
