@@ -140,7 +140,7 @@ def _rolling(x: np.ndarray, n: int, fn) -> np.ndarray:
 def _row_nanmedian(w: np.ndarray) -> np.ndarray:
     """The median of each row's non-NaN values (every row has one at least): the same
     values as ``np.nanmedian(w, axis=1)``, which goes through masked arrays for short rows
-    (~2 ms a call here, a third of the live ML stage's time per window)."""
+    (0.56 vs 0.04 ms a call on 30-row windows here, measured)."""
     s = np.sort(w, axis=1)  # NaN sort last
     k = np.count_nonzero(~np.isnan(w), axis=1)
     rows = np.arange(len(s))
@@ -267,12 +267,12 @@ def next_log_return(bars: Bars) -> np.ndarray:
 
 class FeatureState:
     """One symbol's recent windows for live scoring: ``push`` a closed window, get its
-    features computed by the same ``compute`` as training (over the last ``keep`` rows)."""
+    features computed by the same ``compute`` as training, over the ``ROW_SPAN`` rows the
+    newest window's features read (the only rows kept: the same values as over the whole
+    history, which the live-equals-batch test checks)."""
 
-    def __init__(self, symbol: str, keep: int = 2 * WARMUP_WINDOWS,
-                 min_history: int = ROBUST_MIN):
+    def __init__(self, symbol: str, min_history: int = ROBUST_MIN):
         self.symbol = symbol
-        self.keep = max(keep, WARMUP_WINDOWS)
         self.min_history = min_history
         self.bars: Bars | None = None
         self.seen = 0  # windows pushed since start (history size for warm-up decisions)
@@ -291,11 +291,8 @@ class FeatureState:
         for i in range(len(bars)):
             one = bars.take(slice(i, i + 1))
             self.bars = one if self.bars is None else self.bars.append(one)
-            self.bars = self.bars.tail(self.keep)
+            self.bars = self.bars.tail(ROW_SPAN)
             self.seen += 1
-            # the newest row's features read at most ROW_SPAN rows: computing them over
-            # those alone gives the same values at a quarter of the cost of all ``keep``
-            span = self.bars.tail(ROW_SPAN)
-            feats = compute(span, self.min_history)
-            out.append((int(one.start_ms[0]), row(feats, len(span) - 1)))
+            feats = compute(self.bars, self.min_history)
+            out.append((int(one.start_ms[0]), row(feats, len(self.bars) - 1)))
         return out

@@ -42,7 +42,6 @@ from cryptostream.ml.features import (
     ANOMALY_FEATURES,
     FORECAST_FEATURES,
     ROBUST_MIN,
-    WARMUP_WINDOWS,
     Bars,
     FeatureState,
     complete,
@@ -140,7 +139,7 @@ class MLStage:
 
     def _new_symbol(self, sym: str) -> _Symbol:
         cfg = self.cfg
-        st = _Symbol(FeatureState(sym, keep=2 * WARMUP_WINDOWS, min_history=cfg.min_history))
+        st = _Symbol(FeatureState(sym, min_history=cfg.min_history))
         fresh = "fresh"
         for obj in build_forecasters(list(cfg.forecasters), seed=cfg.seed):
             st.models[obj.name] = _Model(obj.name, "forecaster", self._tune(obj), fresh,
